@@ -1,0 +1,152 @@
+"""The local API: HTTP + JSON on 127.0.0.1, bearer token, served by hypercorn's trio worker.
+
+The app only translates HTTP to calls on the node and errors to status codes; what each
+endpoint does lives in the node's services.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from dag.errors import RemoteProtocolError, SwarmError
+from protocols.errors import NetworkError, PeerRefused, PeerTimeout
+
+if TYPE_CHECKING:
+    # libp2p pulls in trio-typing, whose stubs shadow trio's own types for mypy.
+    from trio_typing import TaskStatus
+
+    from node.daemon import Node
+
+log = logging.getLogger("swarm.api")
+MAX_WAIT_S = 60.0
+
+
+class ApiError(SwarmError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _status_of(exc: SwarmError) -> int:
+    if isinstance(exc, ApiError):
+        return exc.status
+    if isinstance(exc, PeerRefused):
+        return 409
+    if isinstance(exc, PeerTimeout):
+        return 504
+    if isinstance(exc, NetworkError | RemoteProtocolError):
+        return 502
+    return 400
+
+
+Handler = Callable[[Request], Awaitable[Any]]
+
+
+def build_app(node: Node, token: str) -> Starlette:
+    expected = f"Bearer {token}".encode()
+
+    def endpoint(fn: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def wrapped(request: Request) -> Response:
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return JSONResponse(
+                    {"error": "missing or wrong bearer token"},
+                    status_code=401,
+                    headers={"www-authenticate": "Bearer"},
+                )
+            try:
+                return JSONResponse(await fn(request))
+            except SwarmError as exc:
+                return JSONResponse(
+                    {"error": str(exc), "kind": type(exc).__name__}, status_code=_status_of(exc)
+                )
+
+        return wrapped
+
+    async def status(request: Request) -> Any:
+        return node.status()
+
+    async def peers(request: Request) -> Any:
+        wait = request.query_params.get("wait_members")
+        if wait is not None:
+            count = _int_param(wait, "wait_members", 0, 10_000)
+            timeout = _float_param(request.query_params.get("timeout", "10"), "timeout")
+            with trio.move_on_after(timeout):
+                await node.peers.wait_for_members(count)
+        return {"peers": node.peers.snapshot()}
+
+    async def connect(request: Request) -> Any:
+        body = await _json_body(request)
+        addr = body.get("addr")
+        if not isinstance(addr, str):
+            raise ApiError(400, 'body must be {"addr": "/ip4/.../tcp/.../p2p/..."}')
+        entry = await node.p2p.connect(addr)
+        return {"peer_id": entry.peer_id, "name": entry.name, "account": entry.account}
+
+    routes = [
+        Route("/v1/status", endpoint(status), methods=["GET"]),
+        Route("/v1/peers", endpoint(peers), methods=["GET"]),
+        Route("/v1/connect", endpoint(connect), methods=["POST"]),
+    ]
+    return Starlette(routes=routes)
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if len(raw) > 1 << 20:
+        raise ApiError(413, "request body over 1 MiB")
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError as exc:
+        raise ApiError(400, f"body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "body must be a JSON object")
+    return body
+
+
+def _int_param(text: str, name: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise ApiError(400, f"{name} must be in {low}..{high}")
+    return value
+
+
+def _float_param(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a number") from None
+    return min(max(value, 0.0), MAX_WAIT_S)
+
+
+async def serve_api(
+    app: Starlette, port: int, *, task_status: TaskStatus[int] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve on 127.0.0.1:`port` (0 picks one); report the bound port when listening."""
+    config = HypercornConfig()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = 1.0
+
+    async def started(task_status: TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        await serve(app, config, task_status=task_status)  # type: ignore[arg-type]
+
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(started)
+        task_status.started(int(binds[0].rsplit(":", 1)[1]))

@@ -1,0 +1,252 @@
+"""`swarm-node`: the command line. Read commands talk to the daemon's local API.
+
+Exit status: 0 done; 1 a command that failed (no daemon, a peer refused); 2 bad config or
+bad arguments, before anything started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from dag.crypto import Scheme
+from dag.errors import SwarmError
+from node import __version__
+from node.config import ConfigError, check_multiaddr, check_ports_free, load_config
+from node.datadir import KeyFileError, default_data_dir, init_data_dir, load_genesis
+
+EXIT_FAIL = 1
+EXIT_CONFIG = 2
+
+
+def _print(doc: Any, as_json: bool, human: str) -> None:
+    print(json.dumps(doc, indent=2) if as_json else human)
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    genesis = load_genesis(Path(args.genesis)) if args.genesis else None
+    for addr in args.bootstrap:
+        check_multiaddr(addr, listen=False, key="--bootstrap")
+    for addr in args.listen:
+        check_multiaddr(addr, listen=True, key="--listen")
+    info = init_data_dir(
+        args.data_dir,
+        name=args.name or args.data_dir.name,
+        scheme=Scheme.parse(args.scheme),
+        genesis=genesis,
+        listen=args.listen or None,
+        bootstrap=args.bootstrap,
+        api_port=args.api_port,
+    )
+    _print(
+        info,
+        args.json,
+        (
+            f"created node {info['name']} in {info['data_dir']}\n"
+            f"  peer id  {info['peer_id']}\n  account  {info['account']} ({info['scheme']})\n"
+            f"  chain    {info['chain_id']}\n"
+            f"start it with: swarm-node start --data-dir {info['data_dir']}"
+        ),
+    )
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from node.daemon import build_node
+    from node.logs import setup_logging
+
+    config = load_config(args.data_dir)
+    extra = tuple(check_multiaddr(a, listen=False, key="--bootstrap") for a in args.bootstrap)
+    config = replace(
+        config, network=replace(config.network, bootstrap=config.network.bootstrap + extra)
+    )
+    if args.log_json:
+        config = replace(config, log=replace(config.log, format="json"))
+    setup_logging(config.log.format, config.log.level)
+    check_ports_free(config)
+    node = build_node(config)
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+                if args.ready_fd is not None:
+                    with os.fdopen(args.ready_fd, "w") as ready:
+                        ready.write(json.dumps(node.status()) + "\n")
+                async for signum in signals:
+                    import logging
+
+                    logging.getLogger("swarm.node").info(
+                        "%s: stopping", signal.Signals(signum).name
+                    )
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(main)
+    return 0
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from node.client import Client
+
+    return Client(args.data_dir)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    s = _client(args).status()
+    _print(
+        s,
+        args.json,
+        "\n".join(
+            [
+                f"{s['name']}  swarm-node {s['version']}  up {s['uptime_s']:.0f} s",
+                f"  peer id   {s['peer_id']}",
+                f"  account   {s['account']} ({s['scheme']})",
+                f"  chain     {s['chain_id']} (genesis {s['genesis'][:16]})",
+                f"  api       127.0.0.1:{s['api_port']}",
+                f"  peers     {s['members_connected']} members connected "
+                f"({s['peers_connected']} peers)",
+                *[f"  listen    {a}" for a in s["addrs"]],
+            ]
+        ),
+    )
+    return 0
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    peers = _client(args).peers()
+    rows = [
+        [
+            p["name"] or "-",
+            p["peer_id"],
+            "yes" if p["connected"] else "no",
+            "member" if p["member"] else ("refused" if p["refused"] else "-"),
+            f"{p['rtt_ms']:.2f}" if p["rtt_ms"] is not None else "-",
+        ]
+        for p in peers
+    ]
+    _print(
+        {"peers": peers},
+        args.json,
+        _table(rows, ["NAME", "PEER ID", "CONNECTED", "STATE", "RTT MS"]) if rows else "no peers",
+    )
+    return 0
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    check_multiaddr(args.multiaddr, listen=False, key="MULTIADDR")
+    info = _client(args).connect(args.multiaddr)
+    _print(info, args.json, f"connected to {info['name']} ({info['peer_id']})")
+    return 0
+
+
+def cmd_mesh(args: argparse.Namespace) -> int:
+    from node import mesh
+
+    return mesh.run_command(args)
+
+
+# -- parsing ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="swarm-node", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"swarm-node {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="the node's data dir (default: $SWARM_NODE_HOME or ~/.swarm-node)",
+    )
+    common.add_argument("--json", action="store_true", help="print JSON")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", parents=[common], help="create a node: keys, config, genesis")
+    p.add_argument("--name", help="a name for people (default: the data dir's name)")
+    p.add_argument(
+        "--scheme", default="ml-dsa-65", help="account key: ml-dsa-65 (default) or ed25519"
+    )
+    p.add_argument("--genesis", help="join this chain: a genesis.json (default: a new solo chain)")
+    p.add_argument("--listen", action="append", default=[], help="multiaddr to listen on")
+    p.add_argument("--bootstrap", action="append", default=[], help="peer multiaddr to dial")
+    p.add_argument("--api-port", type=int, default=0, help="local API port (0 picks one)")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("start", parents=[common], help="run the node in the foreground")
+    p.add_argument("--bootstrap", action="append", default=[], help="peer multiaddr to dial")
+    p.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_start)
+
+    for name, func, text in [
+        ("status", cmd_status, "the running node's identity and state"),
+        ("peers", cmd_peers, "the peer table"),
+    ]:
+        sub.add_parser(name, parents=[common], help=text).set_defaults(func=func)
+    p = sub.add_parser("connect", parents=[common], help="dial a peer by multiaddr")
+    p.add_argument("multiaddr")
+    p.set_defaults(func=cmd_connect)
+
+    p = sub.add_parser("mesh", parents=[common], help="a test mesh of daemons on this machine")
+    p.add_argument("action", nargs="?", default="start", choices=["start", "stop", "join"])
+    p.add_argument("--nodes", type=int, default=3, help="how many nodes (start)")
+    p.add_argument("--dir", type=Path, default=Path(".mesh"), help="the mesh's directory")
+    p.add_argument("--detach", action="store_true", help="leave the mesh running and return")
+    p.add_argument("--scheme", default="ml-dsa-65", help="account key scheme of the nodes")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the mesh")
+    p.set_defaults(func=cmd_mesh)
+    return parser
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "data_dir", None) is None:
+        args.data_dir = default_data_dir()
+    try:
+        try:
+            return int(args.func(args))
+        except BaseExceptionGroup as group:
+            # Errors raised inside the node's nurseries arrive wrapped; report the first one
+            # of ours plainly and let anything else (a bug) keep its traceback.
+            leaf = _first_leaf(group)
+            if isinstance(leaf, SwarmError | KeyboardInterrupt):
+                raise leaf from None
+            raise
+    except (ConfigError, KeyFileError) as exc:
+        print(f"swarm-node: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except SwarmError as exc:
+        print(f"swarm-node: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""The composition root: config in, a running node out. Nothing else builds components."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+from libp2p.peer.id import ID
+
+from dag.genesis import Genesis
+from node import __version__
+from node.api import build_app, serve_api
+from node.config import NodeConfig
+from node.datadir import RUNTIME, Keys, load_genesis, load_keys, read_token, write_atomic
+from protocols.hello import Binding, Hello
+from protocols.p2p import P2PService, P2PSettings
+from protocols.peers import PeerTable
+
+if TYPE_CHECKING:
+    # libp2p pulls in trio-typing, whose stubs shadow trio's own types for mypy.
+    from trio_typing import TaskStatus
+
+log = logging.getLogger("swarm.node")
+
+
+@dataclass
+class Node:
+    """A built node: its identity and services. `run` starts them under one nursery."""
+
+    config: NodeConfig
+    keys: Keys
+    genesis: Genesis
+    peers: PeerTable
+    p2p: P2PService
+    wall_clock: Callable[[], float] = time.time
+    api_port: int = 0
+    started_at: float = field(default=0.0)
+
+    @property
+    def peer_id(self) -> str:
+        return self.p2p.peer_id
+
+    def status(self) -> dict[str, Any]:
+        members = self.peers.connected_members()
+        return {
+            "name": self.config.name,
+            "version": __version__,
+            "peer_id": self.peer_id,
+            "account": self.keys.account.account_id.hex(),
+            "scheme": self.keys.account.scheme.label,
+            "chain_id": self.genesis.chain_id,
+            "genesis": self.genesis.digest.hex(),
+            "addrs": self.p2p.addrs(),
+            "api_port": self.api_port,
+            "pid": os.getpid(),
+            "uptime_s": round(trio.current_time() - self.started_at, 3),
+            "peers_connected": len(self.peers.connected_ids()),
+            "members_connected": len(members),
+        }
+
+    async def run(self, *, task_status: TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        self.started_at = trio.current_time()
+        runtime = self.config.data_dir / RUNTIME
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.p2p.run)
+            app = build_app(self, read_token(self.config.data_dir))
+            self.api_port = await nursery.start(serve_api, app, self.config.api.port)
+            write_atomic(runtime, json.dumps(self.status()) + "\n")
+            log.info(
+                "%s ready: peer %s, account %s, api 127.0.0.1:%d, listening on %s",
+                self.config.name,
+                self.peer_id,
+                self.keys.account.account_id.hex()[:16],
+                self.api_port,
+                " ".join(self.p2p.addrs()),
+            )
+            task_status.started(self)
+            try:
+                await trio.sleep_forever()
+            finally:
+                runtime.unlink(missing_ok=True)
+
+
+def build_node(config: NodeConfig, *, wall_clock: Callable[[], float] = time.time) -> Node:
+    """Read keys and genesis named by `config` and wire the services together."""
+    keys = load_keys(config.data_dir)
+    genesis = load_genesis(config.genesis_path)
+    peer_id = ID.from_pubkey(keys.host.public_key).to_base58()
+    hello = Hello(
+        chain_id=genesis.chain_id,
+        genesis=genesis.digest,
+        version=__version__,
+        name=config.name,
+        binding=Binding.create(peer_id, keys.account, keys.host.private_key.sign),
+    )
+    peers = PeerTable(wall_clock)
+    net = config.network
+    p2p = P2PService(
+        key_pair=keys.host,
+        hello=hello,
+        settings=P2PSettings(
+            listen=net.listen,
+            bootstrap=net.bootstrap,
+            mdns=net.mdns,
+            ping_interval_s=net.ping_interval_s,
+            dial_backoff_max_s=net.dial_backoff_max_s,
+        ),
+        peers=peers,
+    )
+    return Node(
+        config=config, keys=keys, genesis=genesis, peers=peers, p2p=p2p, wall_clock=wall_clock
+    )
