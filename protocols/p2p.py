@@ -190,6 +190,11 @@ class P2PService:
         peer = info.peer_id.to_base58()
         if peer == self.peer_id:
             raise SwarmError(f"{addr} is this node itself")
+        # py-libp2p refuses, for 60 s, to redial a peer whose addresses all failed once; our
+        # callers (bootstrap backoff, the API) decide when to retry, so lift that block.
+        unblock = getattr(self.host.get_network(), "unblock_peer", None)
+        if unblock is not None:
+            unblock(info.peer_id)
         try:
             with trio.fail_after(DIAL_TIMEOUT_S), map_libp2p_errors(peer):
                 await self.host.connect(info)
