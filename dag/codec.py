@@ -1,0 +1,132 @@
+"""Canonical msgpack: the one encoding used for hashing, signing and the wire.
+
+Every structure is a msgpack array with a fixed field order (never a map, so there is no key
+order to agree on), integers take msgpack's shortest form, byte strings are `bin` and text is
+`str`. There are no floats in anything we hash or sign. Because msgpack's packer is
+deterministic for these types, `encode(decode(b)) == b` holds exactly for canonical bytes, and
+`decode_canonical` rejects anything else: two encodings of one value would otherwise give two
+sizes for one id.
+
+Decoders check the size before reading, then every field's type and bound through the
+`as_*` helpers, which raise `DecodeError` (a `RemoteProtocolError`) naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from dag.errors import DecodeError
+
+# The largest element msgpack may allocate while decoding; the caller's byte limit is the
+# real bound, these only stop a small frame from declaring a huge container.
+_MAX_CONTAINER = 65_536
+
+Encodable = int | bytes | str | list["Encodable"] | tuple["Encodable", ...]
+
+
+def encode(value: Encodable) -> bytes:
+    """Pack `value` canonically. Only int, bytes, str, list and tuple are allowed."""
+    _check_types(value)
+    try:
+        packed: bytes = msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"cannot encode canonically: {exc}") from None
+    return packed
+
+
+def _check_types(value: object) -> None:
+    # msgpack would pack a float, a bool or a dict without complaint; none is canonical here.
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list | tuple):
+            stack.extend(item)
+        elif isinstance(item, bool) or not isinstance(item, int | bytes | str):
+            raise TypeError(f"type {type(item).__name__} has no canonical encoding")
+
+
+def decode(data: bytes, *, max_bytes: int, what: str) -> Any:
+    """Unpack one msgpack value of at most `max_bytes`, refusing floats, maps and extensions."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise DecodeError(f"{what}: expected bytes, got {type(data).__name__}")
+    if len(data) > max_bytes:
+        raise DecodeError(f"{what}: {len(data)} bytes is over the limit of {max_bytes}")
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_str_len=max_bytes,
+            max_bin_len=max_bytes,
+            max_array_len=min(max_bytes, _MAX_CONTAINER),
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise DecodeError(f"{what}: not valid msgpack ({exc})") from None
+
+
+def decode_canonical(data: bytes, *, max_bytes: int, what: str) -> Any:
+    """`decode`, then check that re-encoding gives the same bytes (see the module doc)."""
+    value = decode(data, max_bytes=max_bytes, what=what)
+    try:
+        same = encode(value) == bytes(data)
+    except TypeError:
+        same = False
+    if not same:
+        raise DecodeError(f"{what}: not in canonical encoding")
+    return value
+
+
+def as_array(value: object, what: str, *, length: int | None = None, max_len: int = 0) -> list[Any]:
+    """`value` as a list, of exactly `length` items or of at most `max_len` items.
+
+    A tuple is taken too, so locally built values go through the same checks as decoded ones.
+    """
+    if not isinstance(value, list | tuple):
+        raise DecodeError(f"{what}: expected an array, got {type(value).__name__}")
+    if length is not None and len(value) != length:
+        raise DecodeError(f"{what}: expected {length} fields, got {len(value)}")
+    if length is None and len(value) > max_len:
+        raise DecodeError(f"{what}: {len(value)} items is over the limit of {max_len}")
+    return list(value)
+
+
+def as_int(value: object, what: str, *, lo: int, hi: int) -> int:
+    """`value` as an int in lo..hi (bool and float are refused)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise DecodeError(f"{what}: expected an integer, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise DecodeError(f"{what}: {value} is outside {lo}..{hi}")
+    return value
+
+
+def as_bytes(value: object, what: str, *, size: int | None = None, max_len: int = 0) -> bytes:
+    """`value` as bytes of exactly `size` bytes or of at most `max_len` bytes."""
+    if not isinstance(value, bytes):
+        raise DecodeError(f"{what}: expected bytes, got {type(value).__name__}")
+    if size is not None and len(value) != size:
+        raise DecodeError(f"{what}: expected {size} bytes, got {len(value)}")
+    if size is None and len(value) > max_len:
+        raise DecodeError(f"{what}: {len(value)} bytes is over the limit of {max_len}")
+    return value
+
+
+def as_str(value: object, what: str, *, max_len: int) -> str:
+    """`value` as a str of 1..max_len characters."""
+    if not isinstance(value, str):
+        raise DecodeError(f"{what}: expected a string, got {type(value).__name__}")
+    if not 1 <= len(value) <= max_len:
+        raise DecodeError(f"{what}: length {len(value)} is outside 1..{max_len}")
+    return value
+
+
+def expect_header(fields: list[Any], tag: str, version: int, what: str) -> None:
+    """Check the type tag and version that open every message."""
+    if fields[0] != tag:
+        raise DecodeError(f"{what}: type tag {fields[0]!r} is not {tag!r}")
+    if fields[1] != version:
+        raise DecodeError(f"{what}: version {fields[1]!r} is not supported (want {version})")

@@ -1,0 +1,100 @@
+import msgpack
+import pytest
+
+from dag.codec import (
+    Encodable,
+    as_array,
+    as_bytes,
+    as_int,
+    as_str,
+    decode,
+    decode_canonical,
+    encode,
+    expect_header,
+)
+from dag.errors import DecodeError, RemoteProtocolError
+
+
+def test_encoding_is_canonical_and_round_trips() -> None:
+    value: list[Encodable] = ["tag", 1, b"\x00\x01", [2**40, -5, "é"], ()]
+    data = encode(value)
+    assert data == encode(list(value))
+    assert decode_canonical(data, max_bytes=100, what="x") == [
+        "tag",
+        1,
+        b"\x00\x01",
+        [2**40, -5, "é"],
+        [],
+    ]
+    # bytes are msgpack bin, text is str
+    assert encode(b"ab")[0] == 0xC4
+    assert encode("ab")[0] == 0xA2
+
+
+@pytest.mark.parametrize("bad", [1.5, True, None, {"a": 1}, [1, [2, 0.5]]])
+def test_encode_refuses_what_has_no_canonical_form(bad: object) -> None:
+    with pytest.raises(TypeError, match="canonical"):
+        encode(bad)  # type: ignore[arg-type]
+
+
+def test_size_is_checked_before_reading() -> None:
+    with pytest.raises(DecodeError, match="over the limit of 10"):
+        decode(b"\xff" * 11, max_bytes=10, what="frame")
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (msgpack.packb({"a": 1}), "msgpack"),
+        (msgpack.packb(msgpack.ExtType(1, b"x")), "msgpack"),
+        (encode([1]) + b"\x01", "msgpack"),
+        (encode([1, 2])[:-1], "msgpack"),
+        (b"\xc1", "msgpack"),
+    ],
+)
+def test_decode_refuses_maps_extensions_and_broken_frames(data: bytes, why: str) -> None:
+    with pytest.raises(DecodeError, match=why):
+        decode(data, max_bytes=100, what="frame")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x91\xcd\x00\x05",  # [5] with a 16-bit integer where one byte is canonical
+        b"\x91\xda\x00\x01a",  # a 1-char str in the str16 form
+        msgpack.packb([1.0]),
+        msgpack.packb([True]),
+    ],
+)
+def test_decode_canonical_refuses_other_encodings(data: bytes) -> None:
+    assert decode(data, max_bytes=100, what="x") is not None
+    with pytest.raises(DecodeError, match="canonical"):
+        decode_canonical(data, max_bytes=100, what="x")
+
+
+def test_field_helpers_check_type_and_bound() -> None:
+    assert as_int(5, "n", lo=0, hi=5) == 5
+    with pytest.raises(DecodeError, match="n: 6 is outside 0..5"):
+        as_int(6, "n", lo=0, hi=5)
+    with pytest.raises(DecodeError, match="expected an integer"):
+        as_int(True, "n", lo=0, hi=5)
+    with pytest.raises(DecodeError, match="expected 2 bytes"):
+        as_bytes(b"abc", "b", size=2)
+    with pytest.raises(DecodeError, match="over the limit"):
+        as_bytes(b"abc", "b", max_len=2)
+    with pytest.raises(DecodeError, match="expected bytes"):
+        as_bytes("abc", "b", max_len=5)
+    with pytest.raises(DecodeError, match="outside 1..3"):
+        as_str("", "s", max_len=3)
+    with pytest.raises(DecodeError, match="expected 2 fields"):
+        as_array([1], "a", length=2)
+    with pytest.raises(DecodeError, match="over the limit"):
+        as_array([1, 2, 3], "a", max_len=2)
+    with pytest.raises(DecodeError, match="version 2 is not supported"):
+        expect_header(["t", 2], "t", 1, "msg")
+    with pytest.raises(DecodeError, match="type tag"):
+        expect_header(["u", 1], "t", 1, "msg")
+
+
+def test_decode_error_is_a_remote_protocol_error() -> None:
+    assert issubclass(DecodeError, RemoteProtocolError)
