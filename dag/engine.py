@@ -39,9 +39,9 @@ from typing import Literal
 
 from dag.avalanche import Avalanche, PollRequest, VertexAccepted, VertexRejected
 from dag.crypto import SigningKey
-from dag.errors import InvalidTransaction, RemoteProtocolError, ReplayedNonce
+from dag.errors import InvalidTransaction, RemoteProtocolError, ReplayedNonce, SwarmError
 from dag.genesis import Genesis
-from dag.kinds import KindRegistry, default_registry
+from dag.kinds import KindRegistry, balance_of, default_registry
 from dag.ledger import Ledger, TxOutcome
 from dag.params import Params
 from dag.store import Store, TxRecord, TxStatus, VertexStatus
@@ -245,6 +245,41 @@ class Engine:
         return (
             vertex_id == self.root or self.store.vertex_status(vertex_id) is VertexStatus.ACCEPTED
         )
+
+    def knows(self, vertex_id: bytes) -> bool:
+        """True if the vertex is held (processing, accepted or rejected): no need to fetch."""
+        return self._known(vertex_id)
+
+    def next_free_nonce(self, account: bytes) -> int:
+        """The lowest nonce of `account` that neither the ledger nor a held vertex has used.
+
+        A wallet that restarts must not reuse a nonce its own undecided transactions hold,
+        or it would double-spend against itself."""
+        used = [tx.nonce for tx in self._undecided_of(account)]
+        return max([self.ledger.next_nonce(account), *(n + 1 for n in used)])
+
+    def _undecided_of(self, account: bytes) -> list[Transaction]:
+        """`account`'s transactions in processing vertices, and its accepted ones that wait."""
+        held = [tx for v in self._processing.values() for tx in v.txs if tx.account == account]
+        return held + [tx for tx in self.ledger.waiting() if tx.account == account]
+
+    def spendable(self, account: bytes, queued: Sequence[Transaction] = ()) -> int:
+        """`account`'s balance less what its undecided, waiting and `queued` transactions
+        would take from it: what a wallet may still spend without a transfer that waits."""
+        mine = self._undecided_of(account) + [tx for tx in queued if tx.account == account]
+        source = balance_of(account)
+        spent = 0
+        for tx in {tx.id: tx for tx in mine}.values():
+            try:
+                moves = self.registry.get(tx.kind).plan(self.ledger, tx)
+            except SwarmError:
+                continue  # a kind that would fail takes nothing
+            spent += sum(m.amount for m in moves if m.source == source)
+        return self.ledger.balance(account) - spent
+
+    def stats(self) -> dict[str, int]:
+        """Counts for `dag status`: vertices by status in the store, and voting state."""
+        return {**self.store.counts(), **self.avalanche.stats()}
 
     def needs_vertex(self) -> bool:
         """See `Avalanche.needs_vertex`."""

@@ -95,7 +95,63 @@ def build_app(node: Node, token: str) -> Starlette:
         entry = await node.p2p.connect(addr)
         return {"peer_id": entry.peer_id, "name": entry.name, "account": entry.account}
 
+    def account_param(text: str | None) -> bytes:
+        """An account given as hex id, or by its name in the genesis; ours when absent."""
+        if not text:
+            return node.keys.account.account_id
+        named = [a.account for a in node.genesis.accounts if a.name == text]
+        if named:
+            return named[0]
+        try:
+            account = bytes.fromhex(text)
+        except ValueError:
+            account = b""
+        if len(account) != 32:
+            raise ApiError(400, f"{text!r} is neither a 64-hex-digit account id nor a genesis name")
+        return account
+
+    async def transfer(request: Request) -> Any:
+        body = await _json_body(request)
+        amount = body.get("amount")
+        if type(amount) is not int or amount <= 0:
+            raise ApiError(400, "amount must be a positive integer number of credits")
+        to = account_param(body.get("to") if isinstance(body.get("to"), str) else None)
+        wait_s = _float_param(str(body.get("wait_s", 0)), "wait_s")
+        tx_id = await node.dag.transfer(to, amount)
+        status = await node.dag.wait_decided(tx_id, wait_s) if wait_s else "submitted"
+        return {"tx_id": tx_id.hex(), "to": to.hex(), "amount": amount, "status": status}
+
+    async def balance(request: Request) -> Any:
+        if request.query_params.get("all"):
+            return {"balances": await node.dag.balances()}
+        return await node.dag.balance(account_param(request.query_params.get("account")))
+
+    async def dag_status(request: Request) -> Any:
+        return await node.dag.status()
+
+    async def dag_vertex(request: Request) -> Any:
+        try:
+            vertex_id = bytes.fromhex(request.path_params["vertex_id"])
+        except ValueError:
+            raise ApiError(400, "a vertex id is 64 hex digits") from None
+        info = await node.dag.vertex_info(vertex_id)
+        if info is None:
+            raise ApiError(404, f"no vertex {vertex_id.hex()} here")
+        return info
+
+    async def tx(request: Request) -> Any:
+        try:
+            tx_id = bytes.fromhex(request.path_params["tx_id"])
+        except ValueError:
+            raise ApiError(400, "a transaction id is 64 hex digits") from None
+        return {"tx_id": tx_id.hex(), "status": await node.dag.tx_status(tx_id)}
+
     routes = [
+        Route("/v1/transfer", endpoint(transfer), methods=["POST"]),
+        Route("/v1/balance", endpoint(balance), methods=["GET"]),
+        Route("/v1/dag/status", endpoint(dag_status), methods=["GET"]),
+        Route("/v1/dag/vertex/{vertex_id}", endpoint(dag_vertex), methods=["GET"]),
+        Route("/v1/dag/tx/{tx_id}", endpoint(tx), methods=["GET"]),
         Route("/v1/status", endpoint(status), methods=["GET"]),
         Route("/v1/peers", endpoint(peers), methods=["GET"]),
         Route("/v1/connect", endpoint(connect), methods=["POST"]),

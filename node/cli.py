@@ -158,6 +158,85 @@ def cmd_connect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_transfer(args: argparse.Namespace) -> int:
+    if args.amount <= 0:
+        raise SwarmError("amount must be a positive number of credits")
+    out = _client(args).transfer(args.account, args.amount, wait_s=args.wait)
+    _print(
+        out,
+        args.json,
+        f"transfer {out['tx_id'][:16]}: {out['amount']} credits to "
+        f"{out['to'][:16]}: {out['status']}",
+    )
+    return 0 if out["status"] in ("submitted", "applied", "accepted", "pending") else EXIT_FAIL
+
+
+def cmd_balance(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.all:
+        rows = client.balances()
+        _print(
+            {"balances": rows},
+            args.json,
+            _table(
+                [[r["name"], r["account"][:16], str(r["balance"])] for r in rows],
+                ["NAME", "ACCOUNT", "BALANCE"],
+            ),
+        )
+        return 0
+    out = client.balance(args.account)
+    _print(out, args.json, f"{out['account']}  {out['balance']} credits")
+    return 0
+
+
+def cmd_dag(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.action == "show":
+        if not args.id:
+            raise SwarmError("dag show needs a vertex id")
+        v = client.vertex(args.id)
+        _print(
+            v,
+            args.json,
+            "\n".join(
+                [
+                    f"vertex {v['id']}  {v['status']}",
+                    f"  author    {v['author']} ({v['scheme']})",
+                    f"  time      {v['timestamp_ms']} ms, {v['bytes']} bytes",
+                    *[f"  parent    {p}" for p in v["parents"]],
+                    *[
+                        f"  tx        {t['id'][:16]} {t['kind']} {t['payload']} nonce {t['nonce']}: "
+                        f"{t['status']}"
+                        for t in v["txs"]
+                    ],
+                ]
+            ),
+        )
+        return 0
+    s = client.dag_status()
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value * 1000:.0f} ms"
+
+    fin, tfin = s["finality"], s["tx_finality"]
+    _print(
+        s,
+        args.json,
+        "\n".join(
+            [
+                f"vertices   {s['accepted']} accepted, {s['processing']} processing, "
+                f"{s['rejected']} rejected",
+                f"conflicts  {s['conflicts']} open; {s['polls']} polls in flight; "
+                f"{s['mempool']} txs queued; {s['orphans']} vertices waiting for parents",
+                f"finality   p50 {ms(fin['p50_s'])}, p99 {ms(fin['p99_s'])} over {fin['count']} vertices "
+                f"(last {s['window_s']:.0f} s); our txs p50 {ms(tfin['p50_s'])}, "
+                f"p99 {ms(tfin['p99_s'])}",
+            ]
+        ),
+    )
+    return 0
+
+
 def cmd_mesh(args: argparse.Namespace) -> int:
     from node import mesh
 
@@ -205,6 +284,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("connect", parents=[common], help="dial a peer by multiaddr")
     p.add_argument("multiaddr")
     p.set_defaults(func=cmd_connect)
+
+    p = sub.add_parser("transfer", parents=[common], help="send credits to an account")
+    p.add_argument("account", help="account id (hex) or a name in the genesis (node-1)")
+    p.add_argument("amount", type=int)
+    p.add_argument("--wait", type=float, default=10.0, help="seconds to wait for acceptance")
+    p.set_defaults(func=cmd_transfer)
+    p = sub.add_parser("balance", parents=[common], help="an account's credits")
+    p.add_argument("account", nargs="?", help="account id or genesis name (default: ours)")
+    p.add_argument("--all", action="store_true", help="every account of the genesis")
+    p.set_defaults(func=cmd_balance)
+    p = sub.add_parser("dag", parents=[common], help="the consensus DAG")
+    p.add_argument("action", nargs="?", default="status", choices=["status", "show"])
+    p.add_argument("id", nargs="?", help="a vertex id (show)")
+    p.set_defaults(func=cmd_dag)
 
     p = sub.add_parser("mesh", parents=[common], help="a test mesh of daemons on this machine")
     p.add_argument("action", nargs="?", default="start", choices=["start", "stop", "join"])

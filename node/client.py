@@ -94,3 +94,27 @@ class Client:
 
     def connect(self, addr: str) -> dict[str, Any]:
         return self.request("POST", "/v1/connect", {"addr": addr})
+
+    def transfer(self, to: str, amount: int, *, wait_s: float = 0.0) -> dict[str, Any]:
+        return self.request(
+            "POST",
+            "/v1/transfer",
+            {"to": to, "amount": amount, "wait_s": wait_s},
+            timeout_s=wait_s + 30,
+        )
+
+    def balance(self, account: str | None = None) -> dict[str, Any]:
+        query = "?" + urlencode({"account": account}) if account else ""
+        return self.request("GET", "/v1/balance" + query)
+
+    def balances(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/v1/balance?all=1")["balances"]  # type: ignore[no-any-return]
+
+    def dag_status(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/dag/status")
+
+    def vertex(self, vertex_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/dag/vertex/{vertex_id}")
+
+    def tx(self, tx_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/dag/tx/{tx_id}")

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import socket
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import multiaddr
 
 from dag.errors import SwarmError
+from dag.params import Params
 
 CONFIG_FILE = "config.toml"
 
@@ -45,6 +46,19 @@ class ApiConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DagConfig:
+    # Avalanche parameters: a named preset, each value overridable on its own.
+    preset: str = "default"
+    k: int | None = None
+    alpha: int | None = None
+    beta1: int | None = None
+    beta2: int | None = None
+    concurrent_polls: int | None = None
+    query_timeout_s: float | None = None
+    batch_window_ms: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     format: str = "text"
     level: str = "info"
@@ -57,6 +71,7 @@ class NodeConfig:
     genesis: Path = Path("genesis.json")
     network: NetworkConfig = field(default_factory=NetworkConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    dag: DagConfig = field(default_factory=DagConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     @property
@@ -96,6 +111,13 @@ dial_backoff_max_s = 30.0
 # The local HTTP API, on 127.0.0.1 only. Port 0 picks one and writes it to node.json.
 port = {api_port}
 
+[dag]
+# Avalanche voting: a preset ("default", "fast", "high_security"); k, alpha, beta1, beta2,
+# concurrent_polls and query_timeout_s may each be set here to override it.
+preset = "default"
+# How long a transaction waits for others to share its vertex, in milliseconds.
+batch_window_ms = 10.0
+
 [log]
 # "text" for people, "json" for machines.
 format = "text"
@@ -114,6 +136,16 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         "dial_backoff_max_s": (int, float),
     },
     "api": {"port": int},
+    "dag": {
+        "preset": str,
+        "k": int,
+        "alpha": int,
+        "beta1": int,
+        "beta2": int,
+        "concurrent_polls": int,
+        "query_timeout_s": (int, float),
+        "batch_window_ms": (int, float),
+    },
     "log": {"format": str, "level": str},
 }
 
@@ -186,6 +218,13 @@ def parse_config(doc: dict[str, Any], data_dir: Path, path: Path | str) -> NodeC
         raise ConfigError(path, "log.format", f"{log.format!r} is not one of 'text', 'json'")
     if log.level not in ("debug", "info", "warning", "error"):
         raise ConfigError(path, "log.level", f"{log.level!r} is not debug, info, warning or error")
+    dag = DagConfig(**doc.get("dag", {}))
+    try:
+        dag_params(dag)
+    except ValueError as exc:
+        raise ConfigError(path, "dag", str(exc)) from None
+    if not 0 <= dag.batch_window_ms <= 1000:
+        raise ConfigError(path, "dag.batch_window_ms", "must be 0..1000")
     name = get("node", "name", "node")
     if not 1 <= len(name) <= 64:
         raise ConfigError(path, "node.name", "must be 1 to 64 characters")
@@ -195,8 +234,20 @@ def parse_config(doc: dict[str, Any], data_dir: Path, path: Path | str) -> NodeC
         genesis=Path(get("node", "genesis", "genesis.json")),
         network=network,
         api=ApiConfig(port=port),
+        dag=dag,
         log=log,
     )
+
+
+def dag_params(dag: DagConfig) -> Params:
+    """The voting parameters: the preset with the values the config overrides."""
+    params = Params.preset(dag.preset)
+    overrides = {
+        name: getattr(dag, name)
+        for name in ("k", "alpha", "beta1", "beta2", "concurrent_polls", "query_timeout_s")
+        if getattr(dag, name) is not None
+    }
+    return replace(params, **overrides) if overrides else params
 
 
 def _kind_name(kinds: type | tuple[type, ...]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,11 +14,14 @@ from typing import TYPE_CHECKING, Any
 import trio
 from libp2p.peer.id import ID
 
+from dag.engine import Engine
 from dag.genesis import Genesis
+from dag.store import Store
 from node import __version__
 from node.api import build_app, serve_api
-from node.config import NodeConfig
+from node.config import NodeConfig, dag_params
 from node.datadir import RUNTIME, Keys, load_genesis, load_keys, read_token, write_atomic
+from protocols.dag_service import DagService, DagSettings
 from protocols.hello import Binding, Hello
 from protocols.p2p import P2PService, P2PSettings
 from protocols.peers import PeerTable
@@ -27,6 +31,7 @@ if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
 log = logging.getLogger("swarm.node")
+DAG_STORE = "dag.sqlite"
 
 
 @dataclass
@@ -38,6 +43,8 @@ class Node:
     genesis: Genesis
     peers: PeerTable
     p2p: P2PService
+    dag: DagService
+    store: Store
     wall_clock: Callable[[], float] = time.time
     api_port: int = 0
     started_at: float = field(default=0.0)
@@ -67,24 +74,26 @@ class Node:
     async def run(self, *, task_status: TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         self.started_at = trio.current_time()
         runtime = self.config.data_dir / RUNTIME
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.p2p.run)
-            app = build_app(self, read_token(self.config.data_dir))
-            self.api_port = await nursery.start(serve_api, app, self.config.api.port)
-            write_atomic(runtime, json.dumps(self.status()) + "\n")
-            log.info(
-                "%s ready: peer %s, account %s, api 127.0.0.1:%d, listening on %s",
-                self.config.name,
-                self.peer_id,
-                self.keys.account.account_id.hex()[:16],
-                self.api_port,
-                " ".join(self.p2p.addrs()),
-            )
-            task_status.started(self)
-            try:
-                await trio.sleep_forever()
-            finally:
-                runtime.unlink(missing_ok=True)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.p2p.run)
+                await nursery.start(self.dag.run)
+                app = build_app(self, read_token(self.config.data_dir))
+                self.api_port = await nursery.start(serve_api, app, self.config.api.port)
+                write_atomic(runtime, json.dumps(self.status()) + "\n")
+                log.info(
+                    "%s ready: peer %s, account %s, api 127.0.0.1:%d, listening on %s",
+                    self.config.name,
+                    self.peer_id,
+                    self.keys.account.account_id.hex()[:16],
+                    self.api_port,
+                    " ".join(self.p2p.addrs()),
+                )
+                task_status.started(self)
+        finally:
+            runtime.unlink(missing_ok=True)
+            # Engine calls run in worker threads that the nursery waited for: none is left.
+            self.store.close()
 
 
 def build_node(config: NodeConfig, *, wall_clock: Callable[[], float] = time.time) -> Node:
@@ -100,6 +109,10 @@ def build_node(config: NodeConfig, *, wall_clock: Callable[[], float] = time.tim
         binding=Binding.create(peer_id, keys.account, keys.host.private_key.sign),
     )
     peers = PeerTable(wall_clock)
+    store = Store.open(config.data_dir / DAG_STORE, genesis.digest)
+    engine = Engine.open(
+        genesis, store, dag_params(config.dag), keys.account.account_id, random.Random()
+    )
     net = config.network
     p2p = P2PService(
         key_pair=keys.host,
@@ -113,6 +126,22 @@ def build_node(config: NodeConfig, *, wall_clock: Callable[[], float] = time.tim
         ),
         peers=peers,
     )
+    dag = DagService(
+        engine=engine,
+        p2p=p2p,
+        key=keys.account,
+        wall_clock=wall_clock,
+        settings=DagSettings(
+            dag_params(config.dag), batch_window_s=config.dag.batch_window_ms / 1000
+        ),
+    )
     return Node(
-        config=config, keys=keys, genesis=genesis, peers=peers, p2p=p2p, wall_clock=wall_clock
+        config=config,
+        keys=keys,
+        genesis=genesis,
+        peers=peers,
+        p2p=p2p,
+        dag=dag,
+        store=store,
+        wall_clock=wall_clock,
     )

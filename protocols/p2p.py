@@ -107,6 +107,8 @@ class P2PService:
         self._nursery: trio.Nursery | None = None
         self._hello_inflight: dict[str, trio.Event] = {}
         self._handlers: dict[str, StreamHandler] = {}
+        # Called with a peer id when a peer first passes hello (e.g. to sync the DAG from it).
+        self.on_member_joined: list[Callable[[str], None]] = []
 
     # -- running --------------------------------------------------------------------------
 
@@ -269,6 +271,8 @@ class P2PService:
         )
         if first:
             log.info("peer %s (%s) joined", theirs.name, peer)
+            for callback in self.on_member_joined:
+                callback(peer)
             if self._nursery is not None:
                 self._nursery.start_soon(self._ping, peer)  # an RTT from the first moment
         if self.dht is not None:

@@ -21,6 +21,7 @@ class PeerEntry:
     first_seen: float = 0.0
     last_seen: float = 0.0
     rtt_ms: float | None = None
+    score: int = 0  # lowered for every malformed or invalid message the peer sends
 
 
 class PeerTable:
@@ -70,6 +71,11 @@ class PeerTable:
     def on_rtt(self, peer_id: str, rtt_ms: float) -> None:
         entry = self._touch(peer_id)
         entry.rtt_ms = rtt_ms
+        self._pulse()
+
+    def on_misbehaved(self, peer_id: str, reason: str) -> None:
+        entry = self._touch(peer_id)
+        entry.score -= 1
         self._pulse()
 
     def connected_members(self) -> list[PeerEntry]:

@@ -1,0 +1,530 @@
+"""Drives the sans-IO DAG engine over libp2p: gossip, polls to real peers, sync, batching.
+
+One lock serialises every engine call, and each call runs in a worker thread (signature
+checks and SQLite writes would otherwise stall the loop). Four kinds of task use it: the
+gossip reader, the poller, the vertex builder, and the stream handlers peers call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import trio
+from libp2p.peer.id import ID
+
+from dag.avalanche import VertexAccepted
+from dag.crypto import SigningKey
+from dag.engine import Engine, Event, Received, TxAccepted, TxApplied, TxRejected
+from dag.errors import RemoteProtocolError, SwarmError
+from dag.kinds import transfer_payload
+from dag.params import Params
+from dag.tx import Transaction
+from dag.vertex import Vertex
+from protocols import dag_wire as wire
+from protocols import ids
+from protocols.dag_sync import (
+    QueryChannel,
+    RateLimit,
+    fetch_frontier,
+    fetch_vertices,
+    serve_query,
+    serve_sync,
+)
+from protocols.errors import NetworkError
+from protocols.stream import Stream
+
+if TYPE_CHECKING:
+    from protocols.p2p import P2PService
+
+log = logging.getLogger("swarm.dag")
+T = TypeVar("T")
+MAX_ORPHANS = 50_000
+MAX_BATCH = 256
+METRICS_WINDOW_S = 300.0
+
+
+class InsufficientCredits(SwarmError):
+    """Our wallet refuses a transfer its spendable balance does not cover."""
+
+
+@dataclass(frozen=True, slots=True)
+class DagSettings:
+    params: Params
+    batch_window_s: float = 0.01  # how long a transaction waits for others to share a vertex
+    empty_vertex_interval_s: float = 0.02  # the fastest rate of vertices with no transactions
+    sync_rate: float = 5000.0  # vertices a peer may fetch from us per second
+
+
+@dataclass
+class _TxWait:
+    """A submitted transaction: stored once its vertex is; decided later."""
+
+    stored: trio.Event = field(default_factory=trio.Event)
+    decided: trio.Event = field(default_factory=trio.Event)
+    outcome: str = "pending"
+    submitted: float = 0.0
+
+
+class Latencies:
+    """Acceptance latencies of the last few minutes, for `dag status` and the benchmark."""
+
+    def __init__(self) -> None:
+        self._samples: deque[tuple[float, float]] = deque()
+
+    def add(self, now: float, latency: float) -> None:
+        self._samples.append((now, latency))
+        while self._samples and self._samples[0][0] < now - METRICS_WINDOW_S:
+            self._samples.popleft()
+
+    def summary(self) -> dict[str, float | int | None]:
+        values = sorted(v for _, v in self._samples)
+        if not values:
+            return {"count": 0, "p50_s": None, "p99_s": None}
+
+        def pick(q: float) -> float:
+            return round(values[min(len(values) - 1, int(q * len(values)))], 4)
+
+        return {"count": len(values), "p50_s": pick(0.5), "p99_s": pick(0.99)}
+
+
+class DagService:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        p2p: P2PService,
+        key: SigningKey,
+        settings: DagSettings,
+        wall_clock: Callable[[], float],
+    ) -> None:
+        self.engine = engine
+        self.p2p = p2p
+        self.key = key
+        self.settings = settings
+        self._wall = wall_clock
+        self._lock = trio.Lock()
+        self._kick_poller = trio.Event()
+        self._kick_builder = trio.Event()
+        self._mempool: list[Transaction] = []
+        self._waits: dict[bytes, _TxWait] = {}
+        self._seen: dict[bytes, float] = {}  # vertex id -> when we first held it
+        self._orphans: dict[bytes, tuple[bytes, str | None, set[bytes]]] = {}
+        self._blocked_on: dict[bytes, set[bytes]] = {}
+        self._fetching: set[bytes] = set()
+        self._channels: dict[str, QueryChannel] = {}
+        self._next_nonce: int | None = None
+        self._last_empty = -1e9
+        self._sync_limit = RateLimit(settings.sync_rate, settings.sync_rate * 2)
+        self.vertex_latency = Latencies()
+        self.tx_latency = Latencies()
+        self._nursery: trio.Nursery | None = None
+        self._decided = trio.Event()  # pulsed after every batch of decisions
+
+    # -- running --------------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        subscription = await self.p2p.subscribe(ids.TOPIC_DAG)
+        self.p2p.set_handler(ids.DAG_QUERY, self._serve_query)
+        self.p2p.set_handler(ids.DAG_SYNC, self._serve_sync)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.p2p.on_member_joined.append(lambda peer: nursery.start_soon(self.sync_from, peer))
+            nursery.start_soon(self._gossip_reader, subscription)
+            nursery.start_soon(self._poller)
+            nursery.start_soon(self._builder)
+            for entry in self.p2p.peers.connected_members():
+                nursery.start_soon(self.sync_from, entry.peer_id)
+            task_status.started(self)
+            await trio.sleep_forever()
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run one engine call in a worker thread, then act on the events it produced."""
+
+        def work() -> tuple[T, list[Event]]:
+            return fn(*args), self.engine.drain_events()
+
+        async with self._lock:
+            result, events = await trio.to_thread.run_sync(work)
+        self._on_events(events)
+        return result
+
+    def _now_ms(self) -> int:
+        return int(self._wall() * 1000)
+
+    # -- transactions in ------------------------------------------------------------------
+
+    async def transfer(self, to: bytes, amount: int) -> bytes:
+        """Sign a transfer from our account and submit it; returns once it is stored."""
+
+        def make() -> Transaction:
+            account = self.key.account_id
+            available = self.engine.spendable(account, self._mempool)
+            if amount > available:
+                raise InsufficientCredits(
+                    f"cannot send {amount} credits: {available} are spendable "
+                    f"(balance less transfers still pending)"
+                )
+            if self._next_nonce is None:
+                self._next_nonce = self.engine.next_free_nonce(account)
+            tx = Transaction.create(
+                self.key,
+                chain=self.engine.chain,
+                nonce=self._next_nonce,
+                kind="transfer",
+                payload=transfer_payload(to, amount),
+                registry=self.engine.registry,
+            )
+            self.engine.check_transaction(tx)
+            self._next_nonce += 1
+            return tx
+
+        tx = await self._call(make)
+        return await self._enqueue(tx)
+
+    async def submit(self, tx: Transaction) -> bytes:
+        """Submit a transaction someone else signed; returns once it is stored."""
+        await self._call(self.engine.check_transaction, tx)
+        return await self._enqueue(tx)
+
+    async def _enqueue(self, tx: Transaction) -> bytes:
+        wait = self._waits.setdefault(tx.id, _TxWait(submitted=trio.current_time()))
+        self._mempool.append(tx)
+        self._kick_builder.set()
+        await wait.stored.wait()
+        return tx.id
+
+    async def wait_for(self, check: Callable[[], Awaitable[bool]]) -> None:
+        """Return once `check()` holds; it is re-checked after every batch of decisions."""
+        while True:
+            decided = self._decided
+            if await check():
+                return
+            await decided.wait()
+
+    async def tx_status(self, tx_id: bytes) -> str:
+        """`applied`, `failed`, `waiting`, `rejected` (from the store), else `unknown`."""
+        record = await self._call(self.engine.store.tx_record, tx_id)
+        return "unknown" if record is None else record.status.name.lower()
+
+    async def wait_decided(self, tx_id: bytes, timeout_s: float) -> str:
+        """`accepted`, `applied`, `failed: ...`, `rejected`, or `pending` after `timeout_s`."""
+        wait = self._waits.get(tx_id)
+        if wait is None:
+            return "unknown"
+        with trio.move_on_after(timeout_s):
+            await wait.decided.wait()
+        return wait.outcome
+
+    # -- vertices in ----------------------------------------------------------------------
+
+    async def ingest(self, data: bytes, peer: str | None) -> None:
+        """A vertex from gossip or sync; fetches what it lacks, then adds what waited on it."""
+        pending = deque([(data, peer)])
+        while pending:
+            data, peer = pending.popleft()
+            try:
+                received = await self._call(self._receive, data, peer)
+            except RemoteProtocolError as exc:
+                self._penalize(peer, exc)
+                continue
+            if received.status == "missing":
+                self._park(received, data, peer)
+            elif received.status == "added":
+                self._seen.setdefault(received.vertex_id, trio.current_time())
+                self._kick_poller.set()
+                pending.extend(self._unpark(received.vertex_id))
+
+    def _receive(self, data: bytes, peer: str | None) -> Received:
+        account = self._account_of(peer) if peer else None
+        return self.engine.receive(data, now_ms=self._now_ms(), peer=account)
+
+    def _park(self, received: Received, data: bytes, peer: str | None) -> None:
+        if received.vertex_id in self._orphans or len(self._orphans) >= MAX_ORPHANS:
+            return
+        self._orphans[received.vertex_id] = (data, peer, set(received.missing))
+        for missing in received.missing:
+            self._blocked_on.setdefault(missing, set()).add(received.vertex_id)
+        wanted = [m for m in received.missing if m not in self._fetching]
+        if wanted and peer is not None and self._nursery is not None:
+            self._fetching.update(wanted)
+            self._nursery.start_soon(self._fetch_vertices, peer, wanted)
+
+    def _unpark(self, vertex_id: bytes) -> list[tuple[bytes, str | None]]:
+        ready = []
+        for child in self._blocked_on.pop(vertex_id, ()):
+            data, peer, missing = self._orphans[child]
+            missing.discard(vertex_id)
+            if not missing:
+                del self._orphans[child]
+                ready.append((data, peer))
+        return ready
+
+    async def _fetch_vertices(self, peer: str, wanted: list[bytes]) -> None:
+        try:
+            for start in range(0, len(wanted), wire.MAX_GET_IDS):
+                batch = tuple(wanted[start : start + wire.MAX_GET_IDS])
+                with trio.fail_after(10):
+                    answer = await fetch_vertices(self.p2p.open_stream, ids.DAG_SYNC, peer, batch)
+                for item in answer.items:
+                    await self.ingest(item, peer)
+        except (NetworkError, RemoteProtocolError, trio.TooSlowError) as exc:
+            log.debug("fetch from %s failed: %s", peer, exc)
+        finally:
+            self._fetching.difference_update(wanted)
+
+    async def sync_from(self, peer: str) -> None:
+        """Pull what `peer` has and we lack: its frontier, then ancestors as they are missed."""
+        try:
+            with trio.fail_after(10):
+                answer = await fetch_frontier(self.p2p.open_stream, ids.DAG_SYNC, peer)
+        except (NetworkError, RemoteProtocolError, trio.TooSlowError) as exc:
+            log.debug("sync from %s failed: %s", peer, exc)
+            return
+        unknown = await self._call(lambda: [i for i in answer.ids if not self.engine.knows(i)])
+        unknown = [i for i in unknown if i not in self._fetching]
+        if unknown:
+            self._fetching.update(unknown)
+            await self._fetch_vertices(peer, unknown)
+
+    async def _gossip_reader(self, subscription: Any) -> None:
+        while True:
+            message = await subscription.get()
+            peer = ID(message.from_id).to_base58()
+            if peer != self.p2p.peer_id:
+                await self.ingest(message.data, peer)
+
+    # -- answering peers ------------------------------------------------------------------
+
+    async def _serve_query(self, stream: Stream) -> None:
+        await serve_query(stream, self._answer)
+
+    async def _answer(self, peer: str, vertex_ids: tuple[bytes, ...]) -> tuple[bool, ...]:
+        votes, unknown = await self._call(self._votes, vertex_ids)
+        if unknown:
+            # A query can outrun gossip: fetch from the asker, then answer for real.
+            with trio.move_on_after(self.settings.params.query_timeout_s / 2):
+                self._fetching.update(unknown)
+                await self._fetch_vertices(peer, unknown)
+            votes, _ = await self._call(self._votes, vertex_ids)
+        return votes
+
+    def _votes(self, vertex_ids: tuple[bytes, ...]) -> tuple[tuple[bool, ...], list[bytes]]:
+        unknown = [v for v in vertex_ids if not self.engine.knows(v)]
+        return tuple(self.engine.vote_for(v) for v in vertex_ids), unknown
+
+    async def _serve_sync(self, stream: Stream) -> None:
+        async def frontier() -> list[bytes]:
+            return await self._call(self.engine.frontier)
+
+        async def bodies(wanted: tuple[bytes, ...]) -> list[bytes]:
+            return await self._call(
+                lambda: [b for v in wanted if (b := self.engine.vertex_bytes(v)) is not None]
+            )
+
+        await serve_sync(stream, frontier, bodies, self._sync_limit)
+
+    # -- voting ---------------------------------------------------------------------------
+
+    async def _poller(self) -> None:
+        params = self.settings.params
+        while True:
+            polls = await self._call(self.engine.polls_to_send, trio.current_time())
+            by_peer: dict[bytes, list[tuple[int, bytes]]] = {}
+            for poll in polls:
+                for account in poll.peers:
+                    by_peer.setdefault(account, []).append((poll.poll_id, poll.vertex_id))
+            assert self._nursery is not None
+            for account, asks in by_peer.items():
+                self._nursery.start_soon(self._ask, account, asks)
+            if not polls and await self._call(self.engine.needs_vertex):
+                self._kick_builder.set()
+            busy = bool(polls) or self.engine.avalanche.stats()["polls"] > 0
+            with trio.move_on_after(params.query_timeout_s / 4 if busy else 1.0):
+                await self._kick_poller.wait()
+            self._kick_poller = trio.Event()
+
+    async def _ask(self, account: bytes, asks: list[tuple[int, bytes]]) -> None:
+        peer = self._peer_of(account)
+        if peer is None:
+            return  # an unreachable validator: its votes count as no at the deadline
+        channel = self._channels.get(peer)
+        if channel is None:
+            channel = self._channels[peer] = QueryChannel(peer, self.p2p.open_stream, ids.DAG_QUERY)
+        try:
+            with trio.fail_after(self.settings.params.query_timeout_s):
+                votes = await channel.ask([vertex_id for _, vertex_id in asks])
+        except (NetworkError, RemoteProtocolError, trio.TooSlowError) as exc:
+            log.debug("query to %s failed: %s", peer, exc)
+            return
+        await self._call(self._apply_votes, account, [p for p, _ in asks], votes)
+        self._kick_poller.set()
+
+    def _apply_votes(self, account: bytes, poll_ids: list[int], votes: tuple[bool, ...]) -> None:
+        for poll_id, yes in zip(poll_ids, votes, strict=True):
+            self.engine.on_vote(poll_id, account, yes)
+
+    # -- building vertices ----------------------------------------------------------------
+
+    async def _builder(self) -> None:
+        settings = self.settings
+        while True:
+            await self._kick_builder.wait()
+            self._kick_builder = trio.Event()
+            if self._mempool:
+                await trio.sleep(settings.batch_window_s)  # a deliberate delay: let a batch gather
+                while self._mempool:
+                    batch, self._mempool = self._mempool[:MAX_BATCH], self._mempool[MAX_BATCH:]
+                    await self._build(batch)
+            elif await self._call(self.engine.needs_vertex):
+                # Votes only reach a vertex through its descendants; issue an empty one, at a
+                # bounded rate, when nothing else would.
+                await trio.sleep_until(self._last_empty + settings.empty_vertex_interval_s)
+                self._last_empty = trio.current_time()
+                await self._build([])
+
+    async def _build(self, batch: list[Transaction]) -> None:
+        try:
+            vertex = await self._call(self.engine.build_vertex, self.key, batch, self._now_ms())
+        except SwarmError as exc:
+            # A transaction went stale in the queue (its nonce got decided): drop the batch's
+            # stale ones, tell their submitters, keep the rest.
+            log.warning("could not build a vertex: %s", exc)
+            self._next_nonce = None  # recount: a dropped transaction must not leave a gap
+            for tx in batch:
+                wait = self._waits.pop(tx.id, None)
+                if wait is not None:
+                    wait.outcome = f"failed: {exc}"
+                    wait.stored.set()
+                    wait.decided.set()
+            return
+        now = trio.current_time()
+        self._seen[vertex.id] = now
+        for tx in batch:
+            if (wait := self._waits.get(tx.id)) is not None:
+                wait.stored.set()
+        self._kick_poller.set()
+        await self.p2p.publish(ids.TOPIC_DAG, vertex.to_bytes())
+
+    # -- events ---------------------------------------------------------------------------
+
+    def _on_events(self, events: list[Event]) -> None:
+        if events:
+            self._decided.set()
+            self._decided = trio.Event()
+        now = trio.current_time()
+        for event in events:
+            if isinstance(event, VertexAccepted):
+                seen = self._seen.pop(event.vertex_id, None)
+                if seen is not None:
+                    self.vertex_latency.add(now, now - seen)
+            elif isinstance(event, TxAccepted | TxApplied | TxRejected):
+                self._settle_wait(event, now)
+            else:
+                self._seen.pop(event.vertex_id, None)
+
+    def _settle_wait(self, event: TxAccepted | TxApplied | TxRejected, now: float) -> None:
+        wait = self._waits.get(event.tx_id)
+        if wait is None:
+            return
+        if isinstance(event, TxAccepted):
+            wait.outcome = "applied" if event.applied else "accepted"
+            self.tx_latency.add(now, now - wait.submitted)
+        elif isinstance(event, TxApplied):
+            wait.outcome = "applied" if event.ok else f"failed: {event.reason}"
+        else:
+            wait.outcome = "rejected"
+        wait.decided.set()
+        if wait.outcome != "accepted":  # "accepted" may still turn into applied or failed
+            self._waits.pop(event.tx_id, None)
+
+    # -- peers ----------------------------------------------------------------------------
+
+    def _account_of(self, peer: str) -> bytes | None:
+        entry = self.p2p.peers.get(peer)
+        return bytes.fromhex(entry.account) if entry is not None and entry.account else None
+
+    def _peer_of(self, account: bytes) -> str | None:
+        hexed = account.hex()
+        for entry in self.p2p.peers.connected_members():
+            if entry.account == hexed:
+                return entry.peer_id
+        return None
+
+    def _penalize(self, peer: str | None, exc: SwarmError) -> None:
+        log.info("rejected vertex from %s: %s", peer or "?", exc)
+        if peer is not None:
+            self.p2p.peers.on_misbehaved(peer, str(exc))
+
+    # -- reads for the local API ------------------------------------------------------------
+
+    async def status(self) -> dict[str, Any]:
+        stats = await self._call(self.engine.stats)
+        return {
+            **stats,
+            "orphans": len(self._orphans),
+            "mempool": len(self._mempool),
+            "finality": self.vertex_latency.summary(),
+            "tx_finality": self.tx_latency.summary(),
+            "window_s": METRICS_WINDOW_S,
+        }
+
+    async def balance(self, account: bytes) -> dict[str, Any]:
+        def read() -> dict[str, Any]:
+            ledger = self.engine.ledger
+            return {
+                "account": account.hex(),
+                "balance": ledger.balance(account),
+                "next_nonce": ledger.next_nonce(account),
+                "supply": self.engine.genesis.supply,
+            }
+
+        return await self._call(read)
+
+    async def balances(self) -> list[dict[str, Any]]:
+        """Balances of the genesis accounts."""
+        return [
+            {"name": a.name, **await self.balance(a.account)} for a in self.engine.genesis.accounts
+        ]
+
+    async def vertex_info(self, vertex_id: bytes) -> dict[str, Any] | None:
+        def read() -> dict[str, Any] | None:
+            body = self.engine.vertex_bytes(vertex_id)
+            if body is None:
+                return None
+            vertex = Vertex.from_bytes(body, self.engine.registry, chain=self.engine.chain)
+            status = self.engine.store.vertex_status(vertex_id)
+            return {
+                "id": vertex.id.hex(),
+                "status": status.name.lower() if status is not None else "processing",
+                "author": vertex.author.hex(),
+                "scheme": vertex.author_key.scheme.label,
+                "timestamp_ms": vertex.timestamp_ms,
+                "parents": [p.hex() for p in vertex.parents],
+                "bytes": len(body),
+                "txs": [
+                    {
+                        "id": tx.id.hex(),
+                        "account": tx.account.hex(),
+                        "nonce": tx.nonce,
+                        "kind": tx.kind,
+                        "payload": [_show(x) for x in tx.payload],
+                        "status": _tx_status(self.engine, tx.id),
+                    }
+                    for tx in vertex.txs
+                ],
+            }
+
+        return await self._call(read)
+
+
+def _show(value: Any) -> Any:
+    return value.hex() if isinstance(value, bytes) else value
+
+
+def _tx_status(engine: Engine, tx_id: bytes) -> str:
+    record = engine.store.tx_record(tx_id)
+    return "processing" if record is None else record.status.name.lower()

@@ -1,0 +1,142 @@
+"""The two request/answer carriers of the DAG: votes (query) and vertices (sync).
+
+Both are small state-free helpers over our `Stream`: `QueryChannel` keeps one stream per
+peer open for all its polls (a new libp2p stream costs several times a reused one), and
+`serve_*` answer one stream with callbacks into the DAG service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+import trio
+
+from dag.errors import RemoteProtocolError
+from protocols import dag_wire as wire
+from protocols.stream import FramedStream, Stream
+
+OpenStream = Callable[[str, str], Awaitable[Stream]]
+
+
+class QueryChannel:
+    """Polls sent to one peer, in turn, over one reused stream."""
+
+    def __init__(self, peer: str, open_stream: OpenStream, protocol: str) -> None:
+        self.peer = peer
+        self._open = open_stream
+        self._protocol = protocol
+        self._framed: FramedStream | None = None
+        self._lock = trio.Lock()
+
+    async def ask(self, ids: Sequence[bytes]) -> tuple[bool, ...]:
+        """The peer's votes on `ids`; a broken stream is dropped and reopened next time."""
+        async with self._lock:
+            try:
+                if self._framed is None:
+                    stream = await self._open(self.peer, self._protocol)
+                    self._framed = FramedStream(stream, wire.MAX_QUERY_FRAME)
+                await self._framed.send(wire.Query(tuple(ids)).encode())
+                body = await self._framed.receive_required()
+                votes: wire.Votes = wire.expect(
+                    wire.decode(body, peer=self.peer), wire.Votes, self.peer
+                )
+            except BaseException:
+                await self.close_unlocked()
+                raise
+        if len(votes.yes) != len(ids):
+            raise RemoteProtocolError("votes do not match the query", peer=self.peer)
+        return votes.yes
+
+    async def close_unlocked(self) -> None:
+        framed, self._framed = self._framed, None
+        if framed is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await framed.aclose()
+
+
+async def serve_query(
+    stream: Stream, answer: Callable[[str, tuple[bytes, ...]], Awaitable[tuple[bool, ...]]]
+) -> None:
+    """Answer queries on one stream until the peer closes it."""
+    framed = FramedStream(stream, wire.MAX_QUERY_FRAME)
+    while (body := await framed.receive()) is not None:
+        query = wire.expect(
+            wire.decode(body, peer=stream.remote_peer), wire.Query, stream.remote_peer
+        )
+        await framed.send(wire.Votes(await answer(stream.remote_peer, query.ids)).encode())
+
+
+class RateLimit:
+    """A token bucket per peer: how many vertices one peer may ask of us per second."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, peer: str, amount: float, now: float) -> bool:
+        tokens, last = self._buckets.get(peer, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        ok = tokens >= amount
+        self._buckets[peer] = (tokens - amount if ok else tokens, now)
+        return ok
+
+
+async def serve_sync(
+    stream: Stream,
+    frontier: Callable[[], Awaitable[list[bytes]]],
+    bodies: Callable[[tuple[bytes, ...]], Awaitable[list[bytes]]],
+    limit: RateLimit,
+) -> None:
+    """Answer one sync request: our frontier, or the vertices asked for (within limits)."""
+    framed = FramedStream(stream, wire.MAX_QUERY_FRAME)
+    peer = stream.remote_peer
+    body = await framed.receive_required()
+    request = wire.decode(body, peer=peer)
+    if isinstance(request, wire.FrontierRequest):
+        ids = await frontier()
+        await framed.send(wire.Frontier(tuple(ids[: wire.MAX_FRONTIER])).encode())
+    elif isinstance(request, wire.GetVertices):
+        if not limit.take(peer, len(request.ids), trio.current_time()):
+            await framed.send(wire.Error("rate limit: too many vertices asked for").encode())
+            return
+        items, size = [], 0
+        for item in await bodies(request.ids):
+            size += len(item) + 16
+            if size > wire.MAX_SYNC_FRAME - 1024:
+                break  # the asker fetches the rest in a later request
+            items.append(item)
+        await framed.send(wire.Vertices(tuple(items)).encode())
+    else:
+        raise RemoteProtocolError(f"unexpected {type(request).__name__} on sync", peer=peer)
+
+
+async def _request(
+    open_stream: OpenStream,
+    protocol: str,
+    peer: str,
+    request: wire.FrontierRequest | wire.GetVertices,
+) -> wire.Message:
+    stream = await open_stream(peer, protocol)
+    framed = FramedStream(stream, wire.MAX_SYNC_FRAME)
+    try:
+        await framed.send(request.encode())
+        return wire.decode(await framed.receive_required(), peer=peer)
+    finally:
+        await framed.aclose()
+
+
+async def fetch_frontier(open_stream: OpenStream, protocol: str, peer: str) -> wire.Frontier:
+    """`peer`'s newest vertex ids; raises `NetworkError`/`RemoteProtocolError` on failure."""
+    message = await _request(open_stream, protocol, peer, wire.FrontierRequest())
+    frontier: wire.Frontier = wire.expect(message, wire.Frontier, peer)
+    return frontier
+
+
+async def fetch_vertices(
+    open_stream: OpenStream, protocol: str, peer: str, vertex_ids: tuple[bytes, ...]
+) -> wire.Vertices:
+    """The bodies of `vertex_ids` that `peer` holds (it may send fewer than asked for)."""
+    message = await _request(open_stream, protocol, peer, wire.GetVertices(vertex_ids))
+    vertices: wire.Vertices = wire.expect(message, wire.Vertices, peer)
+    return vertices
