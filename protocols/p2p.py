@@ -23,6 +23,7 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.custom_types import TProtocol
 from libp2p.host.ping import ID as PING_ID
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
@@ -114,8 +115,14 @@ class P2PService:
 
     async def run(self, *, task_status: TaskStatus[P2PService] = trio.TASK_STATUS_IGNORED) -> None:
         listen = [multiaddr.Multiaddr(a) for a in self.settings.listen]
+        # Who we stay connected to is decided here (bootstrap loops, peer exchange);
+        # py-libp2p's auto-connector would otherwise redial every known peer every 30 s.
+        connections = ConnectionConfig(min_connections=0, low_watermark=0)
         host = new_host(
-            key_pair=self._key_pair, listen_addrs=listen, enable_mDNS=self.settings.mdns
+            key_pair=self._key_pair,
+            listen_addrs=listen,
+            enable_mDNS=self.settings.mdns,
+            connection_config=connections,
         )
         events_send, events_recv = trio.open_memory_channel[tuple[str, str]](1024)
         async with AsyncExitStack() as stack:

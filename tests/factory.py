@@ -19,7 +19,11 @@ from node.datadir import Identity, write_node
 FORM_TIMEOUT_S = 30.0
 
 
-def make_genesis(identities: list[Identity], chain_id: str = "test-chain") -> Genesis:
+def make_genesis(
+    identities: list[Identity], chain_id: str = "test-chain", validators: int | None = None
+) -> Genesis:
+    """Every identity gets credits; the first `validators` (default: all) also get stake."""
+    staked = len(identities) if validators is None else validators
     return Genesis(
         chain_id=chain_id,
         timestamp_ms=int(time.time() * 1000),
@@ -29,7 +33,7 @@ def make_genesis(identities: list[Identity], chain_id: str = "test-chain") -> Ge
                 ident.account.account_id,
                 ident.account.public_key,
                 1_000_000,
-                100,
+                100 if i < staked else 0,
                 ident.peer_id,
             )
             for i, ident in enumerate(identities)
@@ -44,10 +48,11 @@ def make_node_dirs(
     scheme: Scheme = Scheme.ML_DSA_65,
     chain_id: str = "test-chain",
     prefix: str = "n",
+    validators: int | None = None,
 ) -> list[Path]:
     """Data dirs for `count` nodes sharing one genesis; returns their paths."""
     identities = [Identity.generate(scheme) for _ in range(count)]
-    genesis = make_genesis(identities, chain_id)
+    genesis = make_genesis(identities, chain_id, validators)
     dirs = []
     for i, ident in enumerate(identities):
         data_dir = root / f"{prefix}{i}"
