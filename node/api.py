@@ -144,6 +144,11 @@ def build_app(node: Node, token: str) -> Starlette:
             tx_id = bytes.fromhex(request.path_params["tx_id"])
         except ValueError:
             raise ApiError(400, "a transaction id is 64 hex digits") from None
+        wait_s = _float_param(request.query_params.get("wait_s", "0"), "wait_s")
+        if wait_s:
+            decided = ("applied", "failed", "rejected")
+            with trio.move_on_after(wait_s):
+                await node.dag.wait_for(lambda: _status_in(node, tx_id, decided))
         return {"tx_id": tx_id.hex(), "status": await node.dag.tx_status(tx_id)}
 
     routes = [
@@ -157,6 +162,10 @@ def build_app(node: Node, token: str) -> Starlette:
         Route("/v1/connect", endpoint(connect), methods=["POST"]),
     ]
     return Starlette(routes=routes)
+
+
+async def _status_in(node: Node, tx_id: bytes, wanted: tuple[str, ...]) -> bool:
+    return await node.dag.tx_status(tx_id) in wanted
 
 
 async def _json_body(request: Request) -> dict[str, Any]:

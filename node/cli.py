@@ -173,6 +173,10 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
 def cmd_balance(args: argparse.Namespace) -> int:
     client = _client(args)
+    if args.wait_for:
+        status = client.tx(args.wait_for, wait_s=args.timeout)["status"]
+        if status not in ("applied", "failed", "rejected"):
+            raise SwarmError(f"transaction {args.wait_for[:16]} is still {status} here")
     if args.all:
         rows = client.balances()
         _print(
@@ -205,8 +209,8 @@ def cmd_dag(args: argparse.Namespace) -> int:
                     f"  time      {v['timestamp_ms']} ms, {v['bytes']} bytes",
                     *[f"  parent    {p}" for p in v["parents"]],
                     *[
-                        f"  tx        {t['id'][:16]} {t['kind']} {t['payload']} nonce {t['nonce']}: "
-                        f"{t['status']}"
+                        f"  tx        {t['id'][:16]} {t['kind']} {t['payload']} "
+                        f"nonce {t['nonce']}: {t['status']}"
                         for t in v["txs"]
                     ],
                 ]
@@ -228,9 +232,9 @@ def cmd_dag(args: argparse.Namespace) -> int:
                 f"{s['rejected']} rejected",
                 f"conflicts  {s['conflicts']} open; {s['polls']} polls in flight; "
                 f"{s['mempool']} txs queued; {s['orphans']} vertices waiting for parents",
-                f"finality   p50 {ms(fin['p50_s'])}, p99 {ms(fin['p99_s'])} over {fin['count']} vertices "
-                f"(last {s['window_s']:.0f} s); our txs p50 {ms(tfin['p50_s'])}, "
-                f"p99 {ms(tfin['p99_s'])}",
+                f"finality   p50 {ms(fin['p50_s'])}, p99 {ms(fin['p99_s'])} over "
+                f"{fin['count']} vertices (last {s['window_s']:.0f} s); "
+                f"our txs p50 {ms(tfin['p50_s'])}, p99 {ms(tfin['p99_s'])}",
             ]
         ),
     )
@@ -293,11 +297,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("balance", parents=[common], help="an account's credits")
     p.add_argument("account", nargs="?", help="account id or genesis name (default: ours)")
     p.add_argument("--all", action="store_true", help="every account of the genesis")
+    p.add_argument("--wait-for", metavar="TX", help="first wait until this node decided TX")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds --wait-for waits")
     p.set_defaults(func=cmd_balance)
     p = sub.add_parser("dag", parents=[common], help="the consensus DAG")
     p.add_argument("action", nargs="?", default="status", choices=["status", "show"])
     p.add_argument("id", nargs="?", help="a vertex id (show)")
     p.set_defaults(func=cmd_dag)
+
+    from node.cli_experts import add_parsers
+
+    add_parsers(sub, common)
 
     p = sub.add_parser("mesh", parents=[common], help="a test mesh of daemons on this machine")
     p.add_argument("action", nargs="?", default="start", choices=["start", "stop", "join"])

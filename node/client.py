@@ -116,5 +116,7 @@ class Client:
     def vertex(self, vertex_id: str) -> dict[str, Any]:
         return self.request("GET", f"/v1/dag/vertex/{vertex_id}")
 
-    def tx(self, tx_id: str) -> dict[str, Any]:
-        return self.request("GET", f"/v1/dag/tx/{tx_id}")
+    def tx(self, tx_id: str, *, wait_s: float = 0.0) -> dict[str, Any]:
+        """A transaction's status here; with `wait_s`, wait until it is decided."""
+        query = "?" + urlencode({"wait_s": wait_s}) if wait_s else ""
+        return self.request("GET", f"/v1/dag/tx/{tx_id}{query}", timeout_s=wait_s + 30)

@@ -179,6 +179,32 @@ def test_mesh_detach_join_refuse_and_stop(tmp_path: Path, daemons: list[Daemon])
         genesis = json.loads((mesh / "genesis.json").read_text())
         assert len(genesis["accounts"]) == 3 and genesis["chain_id"].startswith("mesh-")
 
+        # a paid-for transfer through the CLI is accepted, and every node agrees on balances
+        n0 = nodes[0]["data_dir"]
+        sent = json.loads(cli("transfer", "--data-dir", n0, "node-2", "1234", "--json").stdout)
+        assert sent["status"] == "applied"
+        for n in nodes:
+            rows = json.loads(
+                cli(
+                    "balance",
+                    "--all",
+                    "--data-dir",
+                    n["data_dir"],
+                    "--json",
+                    "--wait-for",
+                    sent["tx_id"],
+                ).stdout
+            )["balances"]
+            assert {r["name"]: r["balance"] for r in rows} == {
+                "node-0": 1_000_000 - 1234,
+                "node-1": 1_000_000,
+                "node-2": 1_000_000 + 1234,
+            }
+        status = json.loads(cli("dag", "status", "--data-dir", n0, "--json").stdout)
+        assert status["accepted"] >= 1 and status["finality"]["count"] >= 1
+        broke = cli("transfer", "--data-dir", n0, "node-1", str(10**9), check=False)
+        assert broke.returncode == 1 and "spendable" in broke.stderr
+
         joined = json.loads(cli("mesh", "join", "--dir", str(mesh), "--json", timeout=120).stdout)
         new = joined["nodes"][0]
         for n in nodes:
@@ -223,3 +249,30 @@ def test_foreground_mesh_stops_every_node_on_ctrl_c(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_experts_commands_and_local_inference(tmp_path: Path) -> None:
+    listed = json.loads(cli("experts", "--json").stdout)["experts"]
+    domains = {e["domain"] for e in listed}
+    assert domains == {
+        "reasoning",
+        "coding",
+        "language",
+        "mathematics",
+        "tool_use",
+        "context",
+        "router",
+    }
+    shown = json.loads(cli("experts", "show", "coding", "--json").stdout)
+    assert shown["domain"] == "coding" and shown["manifest"]["kind"] == "generator"
+    report = json.loads(cli("experts", "analyze", "mathematics", "--json").stdout)
+    assert report["parameters"] > 0 and report["flops_per_token"] > 0
+    answer = json.loads(cli("infer", "--local", "457+268=", "--json").stdout)
+    assert answer["domain"] == "mathematics" and answer["text"].strip() == "725"
+    assert answer["tokens_in"] == len("457+268=")
+    src = tmp_path / "coding.f32.npz"
+    src.write_bytes(Path(shown["path"]).with_name("coding.f32.npz").read_bytes())
+    out = json.loads(cli("experts", "quantize", str(src), "--json").stdout)
+    assert Path(out["path"]).stat().st_size * 3.5 < src.stat().st_size
+    missing = cli("experts", "show", "nothing-like-this", check=False)
+    assert missing.returncode == 1 and "swarm-node:" in missing.stderr

@@ -1,0 +1,157 @@
+"""`swarm-node experts ...` and `swarm-node infer --local`: the zoo, with no network."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import experts
+from dag.errors import SwarmError
+
+
+def _out(doc: Any, as_json: bool, human: str) -> None:
+    print(json.dumps(doc, indent=2) if as_json else human)
+
+
+def _entry_row(entry: experts.ZooEntry) -> dict[str, Any]:
+    m = entry.manifest
+    return {
+        "id": entry.expert_id,
+        "name": m.name,
+        "domain": m.domain,
+        "kind": m.kind,
+        "precision": entry.precision,
+        "parameters": m.parameters,
+        "bytes": entry.path.stat().st_size,
+        "metric": m.evaluation.metric if m.evaluation else None,
+        "score": m.evaluation.score if m.evaluation else None,
+        "path": str(entry.path),
+    }
+
+
+def cmd_experts(args: argparse.Namespace) -> int:
+    from node.cli import _table
+
+    action = args.action
+    if action == "list":
+        rows = [_entry_row(e) for e in experts.list_zoo()]
+        _out(
+            {"experts": rows},
+            args.json,
+            _table(
+                [
+                    [
+                        r["id"][:16],
+                        r["domain"],
+                        r["kind"],
+                        str(r["precision"] or "-"),
+                        f"{r['parameters']:,}",
+                        f"{r['bytes']:,}",
+                        f"{r['score']:.1f} {r['metric']}" if r["score"] is not None else "-",
+                    ]
+                    for r in rows
+                ],
+                ["ID", "DOMAIN", "KIND", "PRECISION", "PARAMS", "BYTES", "EVAL"],
+            ),
+        )
+        return 0
+    if not args.target:
+        raise SwarmError(f"experts {action} needs an expert id, a domain or a file")
+    if action == "show":
+        entry = experts.find(args.target)
+        row = _entry_row(entry)
+        row["manifest"] = entry.manifest.to_json()
+        _out(row, args.json, "\n".join(f"{k:<11}{v}" for k, v in row.items() if k != "manifest"))
+        return 0
+    if action == "eval":
+        entry = experts.find(args.target)
+        expert = experts.load_expert(entry.path)
+        result = experts.evaluate_expert(expert, n=args.n)
+        recorded = entry.manifest.evaluation
+        doc = {
+            "id": entry.expert_id,
+            "domain": entry.manifest.domain,
+            "metric": result.metric,
+            "score": result.score,
+            "n": result.n,
+            "recorded": recorded.score if recorded else None,
+        }
+        _out(
+            doc,
+            args.json,
+            f"{entry.manifest.domain} ({entry.expert_id[:16]}): "
+            f"{result.score:.2f} {result.metric} on {result.n} held-out examples"
+            f" (manifest says {doc['recorded']})",
+        )
+        return 0
+    if action == "quantize":
+        src = Path(args.target)
+        dst = (
+            Path(args.output)
+            if args.output
+            else src.with_name(src.name.replace(".f32", "").removesuffix(".npz") + ".int8.npz")
+        )
+        expert_id = experts.quantize_file(src, dst)
+        _out({"id": expert_id, "path": str(dst)}, args.json, f"wrote {dst} ({expert_id[:16]})")
+        return 0
+    if action == "analyze":
+        path = Path(args.target) if Path(args.target).exists() else experts.find(args.target).path
+        report = experts.analyze(path)
+        _out(report, args.json, experts.format_table(report))
+        return 0
+    raise SwarmError(f"unknown experts action {action!r}")
+
+
+def cmd_infer_local(args: argparse.Namespace) -> int:
+    result = experts.local_infer(
+        args.prompt, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed
+    )
+    doc = {
+        "domain": result.domain,
+        "expert_id": result.expert_id,
+        "text": result.text,
+        "tokens_in": result.tokens_in,
+        "tokens_out": result.tokens_out,
+        "routes": [
+            {"domain": r.domain, "probability": round(r.probability, 4)} for r in result.routes
+        ],
+        "consensus": result.consensus is not None,
+    }
+    routes = ", ".join(f"{r.domain} {r.probability:.2f}" for r in result.routes)
+    _out(
+        doc,
+        args.json,
+        f"{result.text}\n-- {result.domain} expert {result.expert_id[:16]}, "
+        f"{result.tokens_in} tokens in, {result.tokens_out} out; "
+        f"routes: {routes}{'; consensus of 3' if doc['consensus'] else ''}",
+    )
+    return 0
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("experts", parents=[common], help="the micro-experts this node hosts")
+    p.add_argument(
+        "action", nargs="?", default="list", choices=["list", "show", "eval", "quantize", "analyze"]
+    )
+    p.add_argument("target", nargs="?", help="an expert id (8+ hex), a domain, or a file")
+    p.add_argument("-o", "--output", help="quantize: where to write the int8 file")
+    p.add_argument("-n", type=int, default=500, help="eval: held-out examples")
+    p.set_defaults(func=cmd_experts)
+
+    p = sub.add_parser("infer", parents=[common], help="run an inference")
+    p.add_argument("prompt")
+    p.add_argument("--local", action="store_true", help="route and generate here, no network")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_infer)
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    if not args.local:
+        print("swarm-node: peer-to-peer inference is not built yet; use --local", file=sys.stderr)
+        return 1
+    return cmd_infer_local(args)
