@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dag.errors import RemoteProtocolError, SwarmError
+from dag.tx import Transaction
 from protocols.errors import NetworkError, PeerRefused, PeerTimeout
 
 if TYPE_CHECKING:
@@ -121,13 +122,41 @@ def build_app(node: Node, token: str) -> Starlette:
         status = await node.dag.wait_decided(tx_id, wait_s) if wait_s else "submitted"
         return {"tx_id": tx_id.hex(), "to": to.hex(), "amount": amount, "status": status}
 
+    async def submit(request: Request) -> Any:
+        body = await _json_body(request, limit=16 << 20)
+        raw = body.get("txs")
+        if not isinstance(raw, list) or not 1 <= len(raw) <= 2000:
+            raise ApiError(
+                400,
+                'body must be {"txs": [hex-encoded signed transaction, ...]} with 1 to 2000 items',
+            )
+        txs = []
+        for i, item in enumerate(raw):
+            try:
+                txs.append(
+                    Transaction.from_bytes(
+                        bytes.fromhex(item), node.dag.engine.registry, chain=node.dag.engine.chain
+                    )
+                )
+            except (ValueError, TypeError, SwarmError) as exc:
+                raise ApiError(400, f"txs[{i}]: {exc}") from None
+        verdicts = await node.dag.submit_many(txs)
+        return {
+            "results": [
+                {"tx_id": tx.id.hex(), "status": v} for tx, v in zip(txs, verdicts, strict=True)
+            ]
+        }
+
     async def balance(request: Request) -> Any:
         if request.query_params.get("all"):
             return {"balances": await node.dag.balances()}
         return await node.dag.balance(account_param(request.query_params.get("account")))
 
     async def dag_status(request: Request) -> Any:
-        return await node.dag.status()
+        window = request.query_params.get("window_s")
+        if window is None:
+            return await node.dag.status()
+        return await node.dag.status(max(_float_param(window, "window_s"), 0.001))
 
     async def dag_vertex(request: Request) -> Any:
         try:
@@ -154,6 +183,7 @@ def build_app(node: Node, token: str) -> Starlette:
     routes = [
         Route("/v1/transfer", endpoint(transfer), methods=["POST"]),
         Route("/v1/balance", endpoint(balance), methods=["GET"]),
+        Route("/v1/txs", endpoint(submit), methods=["POST"]),
         Route("/v1/dag/status", endpoint(dag_status), methods=["GET"]),
         Route("/v1/dag/vertex/{vertex_id}", endpoint(dag_vertex), methods=["GET"]),
         Route("/v1/dag/tx/{tx_id}", endpoint(tx), methods=["GET"]),
@@ -168,10 +198,10 @@ async def _status_in(node: Node, tx_id: bytes, wanted: tuple[str, ...]) -> bool:
     return await node.dag.tx_status(tx_id) in wanted
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
+async def _json_body(request: Request, limit: int = 1 << 20) -> dict[str, Any]:
     raw = await request.body()
-    if len(raw) > 1 << 20:
-        raise ApiError(413, "request body over 1 MiB")
+    if len(raw) > limit:
+        raise ApiError(413, f"request body over {limit} bytes")
     try:
         body = json.loads(raw or b"{}")
     except ValueError as exc:

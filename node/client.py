@@ -110,8 +110,9 @@ class Client:
     def balances(self) -> list[dict[str, Any]]:
         return self.request("GET", "/v1/balance?all=1")["balances"]  # type: ignore[no-any-return]
 
-    def dag_status(self) -> dict[str, Any]:
-        return self.request("GET", "/v1/dag/status")
+    def dag_status(self, window_s: float | None = None) -> dict[str, Any]:
+        query = f"?window_s={window_s}" if window_s else ""
+        return self.request("GET", "/v1/dag/status" + query)
 
     def vertex(self, vertex_id: str) -> dict[str, Any]:
         return self.request("GET", f"/v1/dag/vertex/{vertex_id}")
@@ -120,3 +121,8 @@ class Client:
         """A transaction's status here; with `wait_s`, wait until it is decided."""
         query = "?" + urlencode({"wait_s": wait_s}) if wait_s else ""
         return self.request("GET", f"/v1/dag/tx/{tx_id}{query}", timeout_s=wait_s + 30)
+
+    def submit(self, txs: list[bytes]) -> list[dict[str, Any]]:
+        """Submit signed transactions (their canonical bytes); one result each."""
+        doc = self.request("POST", "/v1/txs", {"txs": [t.hex() for t in txs]}, timeout_s=120)
+        return doc["results"]  # type: ignore[no-any-return]

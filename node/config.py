@@ -55,7 +55,7 @@ class DagConfig:
     beta2: int | None = None
     concurrent_polls: int | None = None
     query_timeout_s: float | None = None
-    batch_window_ms: float = 10.0
+    batch_window_ms: float = 50.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +116,7 @@ port = {api_port}
 # concurrent_polls and query_timeout_s may each be set here to override it.
 preset = "default"
 # How long a transaction waits for others to share its vertex, in milliseconds.
-batch_window_ms = 10.0
+batch_window_ms = 50.0
 
 [log]
 # "text" for people, "json" for machines.

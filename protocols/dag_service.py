@@ -8,6 +8,7 @@ gossip reader, the poller, the vertex builder, and the stream handlers peers cal
 from __future__ import annotations
 
 import logging
+import random
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import trio
 from libp2p.peer.id import ID
 
 from dag.avalanche import VertexAccepted
-from dag.crypto import SigningKey
+from dag.crypto import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, SigningKey
 from dag.engine import Engine, Event, Received, TxAccepted, TxApplied, TxRejected
 from dag.errors import RemoteProtocolError, SwarmError
 from dag.kinds import transfer_payload
@@ -43,7 +44,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("swarm.dag")
 T = TypeVar("T")
 MAX_ORPHANS = 50_000
+ORPHAN_GRACE_S = 0.5
+FETCH_SOURCES = 2
 MAX_BATCH = 256
+# A vertex travels as one gossipsub message; keep it well under the 1 MiB py-libp2p default.
+MAX_BATCH_BYTES = 768 * 1024
+TX_OVERHEAD_BYTES = 160
 METRICS_WINDOW_S = 300.0
 
 
@@ -54,8 +60,8 @@ class InsufficientCredits(SwarmError):
 @dataclass(frozen=True, slots=True)
 class DagSettings:
     params: Params
-    batch_window_s: float = 0.01  # how long a transaction waits for others to share a vertex
-    empty_vertex_interval_s: float = 0.02  # the fastest rate of vertices with no transactions
+    batch_window_s: float = 0.05  # how long a transaction waits for others to share a vertex
+    empty_vertex_interval_s: float = 0.1  # the fastest rate of vertices with no transactions
     sync_rate: float = 5000.0  # vertices a peer may fetch from us per second
 
 
@@ -80,8 +86,10 @@ class Latencies:
         while self._samples and self._samples[0][0] < now - METRICS_WINDOW_S:
             self._samples.popleft()
 
-    def summary(self) -> dict[str, float | int | None]:
-        values = sorted(v for _, v in self._samples)
+    def summary(self, window_s: float = METRICS_WINDOW_S) -> dict[str, float | int | None]:
+        """Count, p50 and p99 of the samples of the last `window_s` seconds."""
+        since = (self._samples[-1][0] if self._samples else 0.0) - window_s
+        values = sorted(v for t, v in self._samples if t >= since)
         if not values:
             return {"count": 0, "p50_s": None, "p99_s": None}
 
@@ -123,6 +131,10 @@ class DagService:
         self.tx_latency = Latencies()
         self._nursery: trio.Nursery | None = None
         self._decided = trio.Event()  # pulsed after every batch of decisions
+        self.txs_accepted = 0
+        self.query_rtt = Latencies()  # our polls: time until a peer's votes came back
+        self.queries_answered = 0
+        self.queries_unknown = 0  # asked about a vertex we did not hold yet
 
     # -- running --------------------------------------------------------------------------
 
@@ -190,6 +202,27 @@ class DagService:
         await self._call(self.engine.check_transaction, tx)
         return await self._enqueue(tx)
 
+    async def submit_many(self, txs: list[Transaction]) -> list[str]:
+        """Submit signed transactions; one status each (`stored`, or why it was refused).
+        Returns once every accepted one is stored."""
+
+        def check() -> list[str]:
+            verdicts = []
+            for tx in txs:
+                try:
+                    self.engine.check_transaction(tx)
+                    verdicts.append("stored")
+                except SwarmError as exc:
+                    verdicts.append(f"refused: {exc}")
+            return verdicts
+
+        verdicts = await self._call(check)
+        async with trio.open_nursery() as nursery:
+            for tx, verdict in zip(txs, verdicts, strict=True):
+                if verdict == "stored":
+                    nursery.start_soon(self._enqueue, tx)
+        return verdicts
+
     async def _enqueue(self, tx: Transaction) -> bytes:
         wait = self._waits.setdefault(tx.id, _TxWait(submitted=trio.current_time()))
         self._mempool.append(tx)
@@ -221,9 +254,12 @@ class DagService:
 
     # -- vertices in ----------------------------------------------------------------------
 
-    async def ingest(self, data: bytes, peer: str | None) -> None:
-        """A vertex from gossip or sync; fetches what it lacks, then adds what waited on it."""
+    async def ingest(self, data: bytes, peer: str | None, *, fetch: bool = True) -> set[bytes]:
+        """A vertex from gossip or sync: add it, or park it until its parents are here (and
+        fetch them later, unless `fetch` is False). Adds what waited on it. Returns the ids
+        still missing."""
         pending = deque([(data, peer)])
+        missing: set[bytes] = set()
         while pending:
             data, peer = pending.popleft()
             try:
@@ -232,26 +268,29 @@ class DagService:
                 self._penalize(peer, exc)
                 continue
             if received.status == "missing":
-                self._park(received, data, peer)
+                self._park(received, data, peer, fetch=fetch)
+                missing.update(received.missing)
             elif received.status == "added":
+                missing.discard(received.vertex_id)
                 self._seen.setdefault(received.vertex_id, trio.current_time())
                 self._kick_poller.set()
                 pending.extend(self._unpark(received.vertex_id))
+        return missing
 
     def _receive(self, data: bytes, peer: str | None) -> Received:
         account = self._account_of(peer) if peer else None
         return self.engine.receive(data, now_ms=self._now_ms(), peer=account)
 
-    def _park(self, received: Received, data: bytes, peer: str | None) -> None:
+    def _park(self, received: Received, data: bytes, peer: str | None, *, fetch: bool) -> None:
         if received.vertex_id in self._orphans or len(self._orphans) >= MAX_ORPHANS:
             return
         self._orphans[received.vertex_id] = (data, peer, set(received.missing))
         for missing in received.missing:
             self._blocked_on.setdefault(missing, set()).add(received.vertex_id)
         wanted = [m for m in received.missing if m not in self._fetching]
-        if wanted and peer is not None and self._nursery is not None:
+        if fetch and wanted and self._nursery is not None:
             self._fetching.update(wanted)
-            self._nursery.start_soon(self._fetch_vertices, peer, wanted)
+            self._nursery.start_soon(self._fetch_missing, peer, wanted)
 
     def _unpark(self, vertex_id: bytes) -> list[tuple[bytes, str | None]]:
         ready = []
@@ -263,18 +302,42 @@ class DagService:
                 ready.append((data, peer))
         return ready
 
-    async def _fetch_vertices(self, peer: str, wanted: list[bytes]) -> None:
+    async def _fetch_missing(self, peer: str | None, wanted: list[bytes]) -> None:
+        """Parents a parked vertex lacks: give gossip a moment to bring them, then fetch
+        them from the peer that sent the child, else from other members."""
         try:
-            for start in range(0, len(wanted), wire.MAX_GET_IDS):
-                batch = tuple(wanted[start : start + wire.MAX_GET_IDS])
-                with trio.fail_after(10):
-                    answer = await fetch_vertices(self.p2p.open_stream, ids.DAG_SYNC, peer, batch)
-                for item in answer.items:
-                    await self.ingest(item, peer)
-        except (NetworkError, RemoteProtocolError, trio.TooSlowError) as exc:
-            log.debug("fetch from %s failed: %s", peer, exc)
+            # Gossip usually delivers a parent within this grace; a fetch costs a new stream.
+            await trio.sleep(ORPHAN_GRACE_S)
+            members = [e.peer_id for e in self.p2p.peers.connected_members() if e.peer_id != peer]
+            random.shuffle(members)
+            for source in ([peer] if peer else []) + members[:FETCH_SOURCES]:
+                wanted = [w for w in wanted if w in self._blocked_on]
+                if not wanted:
+                    return
+                await self._fetch_vertices(source, wanted)
         finally:
             self._fetching.difference_update(wanted)
+
+    async def _fetch_vertices(
+        self, peer: str, wanted: list[bytes], *, ancestry: bool = False
+    ) -> None:
+        """Fetch `wanted` from `peer` and ingest what it sends; failures are only logged.
+        With `ancestry`, also fetch from `peer` every ancestor we turn out to lack (a peer
+        that asks us about a vertex holds all of its ancestors)."""
+        try:
+            while wanted:
+                missing: set[bytes] = set()
+                for start in range(0, len(wanted), wire.MAX_GET_IDS):
+                    batch = tuple(wanted[start : start + wire.MAX_GET_IDS])
+                    with trio.fail_after(10):
+                        answer = await fetch_vertices(
+                            self.p2p.open_stream, ids.DAG_SYNC, peer, batch
+                        )
+                    for item in answer.items:
+                        missing |= await self.ingest(item, peer, fetch=not ancestry)
+                wanted = [m for m in missing if m in self._blocked_on] if ancestry else []
+        except (NetworkError, RemoteProtocolError, trio.TooSlowError) as exc:
+            log.debug("fetch from %s failed: %s", peer, exc)
 
     async def sync_from(self, peer: str) -> None:
         """Pull what `peer` has and we lack: its frontier, then ancestors as they are missed."""
@@ -288,7 +351,10 @@ class DagService:
         unknown = [i for i in unknown if i not in self._fetching]
         if unknown:
             self._fetching.update(unknown)
-            await self._fetch_vertices(peer, unknown)
+            try:
+                await self._fetch_vertices(peer, unknown)
+            finally:
+                self._fetching.difference_update(unknown)
 
     async def _gossip_reader(self, subscription: Any) -> None:
         while True:
@@ -304,11 +370,12 @@ class DagService:
 
     async def _answer(self, peer: str, vertex_ids: tuple[bytes, ...]) -> tuple[bool, ...]:
         votes, unknown = await self._call(self._votes, vertex_ids)
+        self.queries_answered += len(vertex_ids)
+        self.queries_unknown += len(unknown)
         if unknown:
             # A query can outrun gossip: fetch from the asker, then answer for real.
             with trio.move_on_after(self.settings.params.query_timeout_s / 2):
-                self._fetching.update(unknown)
-                await self._fetch_vertices(peer, unknown)
+                await self._fetch_vertices(peer, unknown, ancestry=True)
             votes, _ = await self._call(self._votes, vertex_ids)
         return votes
 
@@ -354,9 +421,11 @@ class DagService:
         channel = self._channels.get(peer)
         if channel is None:
             channel = self._channels[peer] = QueryChannel(peer, self.p2p.open_stream, ids.DAG_QUERY)
+        started = trio.current_time()
         try:
             with trio.fail_after(self.settings.params.query_timeout_s):
                 votes = await channel.ask([vertex_id for _, vertex_id in asks])
+            self.query_rtt.add(trio.current_time(), trio.current_time() - started)
         except (NetworkError, RemoteProtocolError, trio.TooSlowError) as exc:
             log.debug("query to %s failed: %s", peer, exc)
             return
@@ -377,14 +446,26 @@ class DagService:
             if self._mempool:
                 await trio.sleep(settings.batch_window_s)  # a deliberate delay: let a batch gather
                 while self._mempool:
-                    batch, self._mempool = self._mempool[:MAX_BATCH], self._mempool[MAX_BATCH:]
-                    await self._build(batch)
+                    await self._build(self._take_batch())
             elif await self._call(self.engine.needs_vertex):
                 # Votes only reach a vertex through its descendants; issue an empty one, at a
                 # bounded rate, when nothing else would.
                 await trio.sleep_until(self._last_empty + settings.empty_vertex_interval_s)
                 self._last_empty = trio.current_time()
                 await self._build([])
+
+    def _take_batch(self) -> list[Transaction]:
+        """The oldest queued transactions that fit one vertex and one gossip message."""
+        size = 0
+        for count, tx in enumerate(self._mempool[:MAX_BATCH]):
+            size += PUBLIC_KEY_BYTES[tx.public_key.scheme] + SIGNATURE_BYTES[tx.public_key.scheme]
+            size += TX_OVERHEAD_BYTES
+            if size > MAX_BATCH_BYTES and count > 0:
+                break
+        else:
+            count = min(len(self._mempool), MAX_BATCH)
+        batch, self._mempool = self._mempool[:count], self._mempool[count:]
+        return batch
 
     async def _build(self, batch: list[Transaction]) -> None:
         try:
@@ -422,6 +503,8 @@ class DagService:
                 if seen is not None:
                     self.vertex_latency.add(now, now - seen)
             elif isinstance(event, TxAccepted | TxApplied | TxRejected):
+                if isinstance(event, TxAccepted):
+                    self.txs_accepted += 1
                 self._settle_wait(event, now)
             else:
                 self._seen.pop(event.vertex_id, None)
@@ -461,15 +544,19 @@ class DagService:
 
     # -- reads for the local API ------------------------------------------------------------
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self, window_s: float = METRICS_WINDOW_S) -> dict[str, Any]:
         stats = await self._call(self.engine.stats)
         return {
             **stats,
+            "txs_accepted": self.txs_accepted,
+            "query_rtt": self.query_rtt.summary(window_s),
+            "queries_answered": self.queries_answered,
+            "queries_unknown": self.queries_unknown,
             "orphans": len(self._orphans),
             "mempool": len(self._mempool),
-            "finality": self.vertex_latency.summary(),
-            "tx_finality": self.tx_latency.summary(),
-            "window_s": METRICS_WINDOW_S,
+            "finality": self.vertex_latency.summary(window_s),
+            "tx_finality": self.tx_latency.summary(window_s),
+            "window_s": window_s,
         }
 
     async def balance(self, account: bytes) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
-from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 
@@ -91,6 +91,38 @@ class _Notifee(INotifee):
         pass
 
 
+def install_signed_record_cache() -> None:
+    """Make py-libp2p's gossipsub check each peer's signed peer record once, not per RPC.
+
+    py-libp2p attaches the sender's signed peer record to every pubsub RPC and the receiver
+    verifies it (an Ed25519 check and a peerstore write) every time; it changes only when
+    the peer's addresses do. We keep the last record that verified, per host and peer, and
+    skip the check for the same bytes. Installing twice is harmless.
+    """
+    import libp2p.pubsub.gossipsub as gossipsub
+
+    original = gossipsub.maybe_consume_signed_record  # type: ignore[attr-defined]
+    if getattr(original, "swarm_cached", False):
+        return
+    verified: dict[tuple[int, ID], bytes] = {}
+
+    def cached(msg: Any, host: IHost, peer_id: ID) -> bool:
+        if not msg.HasField("senderRecord"):
+            return True
+        key, record = (id(host), peer_id), msg.senderRecord
+        if verified.get(key) == record:
+            return True
+        ok = bool(original(msg, host, peer_id))
+        if ok:
+            if len(verified) > 10_000:
+                verified.clear()
+            verified[key] = record
+        return ok
+
+    cached.swarm_cached = True  # type: ignore[attr-defined]
+    gossipsub.maybe_consume_signed_record = cached  # type: ignore[attr-defined]
+
+
 class P2PService:
     """Owns the libp2p host and everything that runs on it."""
 
@@ -134,8 +166,11 @@ class P2PService:
                     f"cannot listen on {', '.join(self.settings.listen)}: {exc}"
                 ) from exc
             self.host = host
+            install_signed_record_cache()
             router = GossipSub(
-                protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
+                # meshsub 1.2 makes every receiver send IDONTWANT to its whole mesh for
+                # every message: more control traffic than our vertices save on loopback.
+                protocols=[PROTOCOL_ID_V11, PROTOCOL_ID],
                 degree=6,
                 degree_low=4,
                 degree_high=12,
