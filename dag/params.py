@@ -48,7 +48,7 @@ class Params:
     @classmethod
     def fast(cls) -> Params:
         """Small meshes on one machine: fewer rounds to acceptance, shorter timeout."""
-        return cls(k=10, alpha=7, beta1=8, beta2=12, concurrent_polls=16, query_timeout_s=0.5)
+        return cls(k=10, alpha=7, beta1=8, beta2=12, concurrent_polls=16, query_timeout_s=1.5)
 
     @classmethod
     def high_security(cls) -> Params:

@@ -315,6 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", type=Path, default=Path(".mesh"), help="the mesh's directory")
     p.add_argument("--detach", action="store_true", help="leave the mesh running and return")
     p.add_argument("--scheme", default="ml-dsa-65", help="account key scheme of the nodes")
+    p.add_argument(
+        "--preset",
+        default="default",
+        choices=["default", "fast", "high_security"],
+        help="Avalanche parameters of the nodes (fast suits a mesh on one machine)",
+    )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the mesh")
     p.set_defaults(func=cmd_mesh)
     return parser

@@ -79,7 +79,9 @@ class NodeConfig:
         return self.genesis if self.genesis.is_absolute() else self.data_dir / self.genesis
 
 
-def render_config(name: str, listen: list[str], bootstrap: list[str], api_port: int) -> str:
+def render_config(
+    name: str, listen: list[str], bootstrap: list[str], api_port: int, preset: str = "default"
+) -> str:
     """The commented `config.toml` that `swarm-node init` writes."""
 
     def arr(items: list[str]) -> str:
@@ -114,7 +116,7 @@ port = {api_port}
 [dag]
 # Avalanche voting: a preset ("default", "fast", "high_security"); k, alpha, beta1, beta2,
 # concurrent_polls and query_timeout_s may each be set here to override it.
-preset = "default"
+preset = "{preset}"
 # How long a transaction waits for others to share its vertex, in milliseconds.
 batch_window_ms = 50.0
 

@@ -118,7 +118,7 @@ class Mesh:
     def running(self) -> list[MeshNode]:
         return [n for n in self.nodes if n.pid and _alive(n.pid, n.data_dir)]
 
-    def create(self, count: int, scheme: Scheme) -> None:
+    def create(self, count: int, scheme: Scheme, preset: str = "default") -> None:
         """Make `count` identities, one genesis holding all their accounts, and their dirs."""
         if count < 1:
             raise MeshError("a mesh needs at least one node")
@@ -155,6 +155,7 @@ class Mesh:
                 genesis=genesis,
                 listen=[f"/ip4/127.0.0.1/tcp/{ports[i]}"],
                 bootstrap=[a for j, a in enumerate(addrs) if j != i],
+                preset=preset,
             )
             self.nodes.append(MeshNode(names[i], data_dir, ident.peer_id, addrs[i]))
         self.save()
@@ -307,7 +308,7 @@ async def _start(mesh: Mesh, args: argparse.Namespace) -> int:
             )
         _progress(f"restarting the {len(mesh.nodes)}-node mesh in {mesh.root}")
     else:
-        mesh.create(args.nodes, Scheme.parse(args.scheme))
+        mesh.create(args.nodes, Scheme.parse(args.scheme), args.preset)
     processes: list[trio.Process] = []
     detached = False
     # Signals are ours from the first moment: Ctrl-C while the mesh comes up stops it too.

@@ -100,6 +100,7 @@ def install_signed_record_cache() -> None:
     skip the check for the same bytes. Installing twice is harmless.
     """
     import libp2p.pubsub.gossipsub as gossipsub
+    import libp2p.pubsub.pubsub as pubsub
 
     original = gossipsub.maybe_consume_signed_record  # type: ignore[attr-defined]
     if getattr(original, "swarm_cached", False):
@@ -120,7 +121,9 @@ def install_signed_record_cache() -> None:
         return ok
 
     cached.swarm_cached = True  # type: ignore[attr-defined]
+    # Both modules imported the function by name; both call sites are replaced.
     gossipsub.maybe_consume_signed_record = cached  # type: ignore[attr-defined]
+    pubsub.maybe_consume_signed_record = cached  # type: ignore[attr-defined]
 
 
 class P2PService:
@@ -171,9 +174,9 @@ class P2PService:
                 # meshsub 1.2 makes every receiver send IDONTWANT to its whole mesh for
                 # every message: more control traffic than our vertices save on loopback.
                 protocols=[PROTOCOL_ID_V11, PROTOCOL_ID],
-                degree=6,
-                degree_low=4,
-                degree_high=12,
+                degree=3,
+                degree_low=2,
+                degree_high=4,
                 heartbeat_interval=self.settings.gossip_heartbeat_s,
             )
             self.pubsub = Pubsub(host, router, strict_signing=True)

@@ -57,20 +57,28 @@ def presign(data_dir: Path, peers: list[bytes], count: int, seed: int) -> list[b
     chain = load_genesis(data_dir / "genesis.json").digest
     registry, rng = default_registry(), random.Random(seed)
     others = [p for p in peers if p != key.account_id]
-    return [Transaction.create(key, chain=chain, nonce=n, kind="transfer",
-                               payload=transfer_payload(rng.choice(others), 1),
-                               registry=registry).to_bytes()
-            for n in range(count)]
+    return [
+        Transaction.create(
+            key,
+            chain=chain,
+            nonce=n,
+            kind="transfer",
+            payload=transfer_payload(rng.choice(others), 1),
+            registry=registry,
+        ).to_bytes()
+        for n in range(count)
+    ]
 
 
-def offer(client: Client, txs: list[bytes], per_tick: int, stop: threading.Event,
-          refused: list[str]) -> None:
+def offer(
+    client: Client, txs: list[bytes], per_tick: int, stop: threading.Event, refused: list[str]
+) -> None:
     """Submit `per_tick` transactions every TICK_S seconds until done or stopped."""
     next_tick = time.monotonic()
     for start in range(0, len(txs), per_tick):
         if stop.is_set():
             return
-        for result in client.submit(txs[start:start + per_tick]):
+        for result in client.submit(txs[start : start + per_tick]):
             if result["status"] != "stored":
                 refused.append(result["status"])
         next_tick += TICK_S
@@ -81,9 +89,24 @@ def run_scheme(scheme: Scheme, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-dag-") as tmp:
         mesh_dir = Path(tmp) / "mesh"
         cli = [sys.executable, "-m", "node", "mesh", "--dir", str(mesh_dir)]
-        out = subprocess.run([*cli, "--nodes", str(args.nodes), "--scheme", scheme.label,
-                              "--detach", "--json", "--timeout", "120"],
-                             capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            [
+                *cli,
+                "--nodes",
+                str(args.nodes),
+                "--scheme",
+                scheme.label,
+                "--preset",
+                args.preset,
+                "--detach",
+                "--json",
+                "--timeout",
+                "120",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if out.returncode != 0:
             sys.exit(f"mesh failed: {out.stderr}")
         try:
@@ -98,8 +121,10 @@ def run_scheme(scheme: Scheme, args: argparse.Namespace) -> dict[str, Any]:
             signed = [presign(d, peers, total, i) for i, d in enumerate(dirs)]
             clients = [Client(d, timeout_s=120) for d in dirs]
             stop, refused = threading.Event(), []
-            threads = [threading.Thread(target=offer, args=(c, txs, per_tick, stop, refused),
-                                        daemon=True) for c, txs in zip(clients, signed, strict=True)]
+            threads = [
+                threading.Thread(target=offer, args=(c, txs, per_tick, stop, refused), daemon=True)
+                for c, txs in zip(clients, signed, strict=True)
+            ]
             for t in threads:
                 t.start()
             time.sleep(args.warmup)
@@ -137,8 +162,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="measurement window")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--schemes", default="ed25519,ml-dsa-65")
+    parser.add_argument("--preset", default="fast", help="Avalanche preset of the mesh")
     args = parser.parse_args()
-    result: dict[str, Any] = {"nodes": args.nodes}
+    result: dict[str, Any] = {"nodes": args.nodes, "preset": args.preset}
     for label in args.schemes.split(","):
         scheme = Scheme.parse(label)
         result[scheme.label.replace("-", "_")] = run_scheme(scheme, args)

@@ -249,6 +249,7 @@ def test_foreground_mesh_stops_every_node_on_ctrl_c(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+        cli("mesh", "stop", "--dir", str(mesh), check=False)  # never leave daemons behind
 
 
 def test_experts_commands_and_local_inference(tmp_path: Path) -> None:
