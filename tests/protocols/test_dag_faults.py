@@ -1,0 +1,105 @@
+"""Faults over real libp2p hosts: a double-spending author, a lying voter."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import trio
+
+from dag.kinds import transfer_payload
+from dag.tx import Transaction
+from dag.vertex import Vertex
+from node.daemon import Node
+from tests.factory import swarm
+
+
+def conflicting_vertices(author: Node, to_a: bytes, to_b: bytes) -> tuple[Vertex, Vertex]:
+    """Two vertices by `author`, each spending the same nonce to a different account."""
+    engine = author.dag.engine
+    nonce = engine.next_free_nonce(author.keys.account.account_id)
+    vertices = []
+    for to in (to_a, to_b):
+        tx = Transaction.create(
+            author.keys.account,
+            chain=engine.chain,
+            nonce=nonce,
+            kind="transfer",
+            payload=transfer_payload(to, 100),
+            registry=engine.registry,
+        )
+        vertices.append(
+            Vertex.create(
+                author.keys.account,
+                chain=engine.chain,
+                parents=engine.frontier()[:1] or [engine.root],
+                timestamp_ms=int(time.time() * 1000),
+                txs=[tx],
+            )
+        )
+    return vertices[0], vertices[1]
+
+
+async def decided(nodes: list[Node], tx_ids: list[bytes]) -> dict[str, list[str]]:
+    return {n.config.name: [await n.dag.tx_status(t) for t in tx_ids] for n in nodes}
+
+
+async def test_double_spend_to_two_halves_accepts_at_most_one_everywhere(tmp_path: Path) -> None:
+    with trio.fail_after(90):
+        async with swarm(tmp_path, 5) as nodes:
+            cheat, honest = nodes[0], nodes[1:]
+            v1, v2 = conflicting_vertices(
+                cheat, honest[0].keys.account.account_id, honest[1].keys.account.account_id
+            )
+            tx_ids = [v1.txs[0].id, v2.txs[0].id]
+            # each half of the honest nodes hears of a different spend first
+            async with trio.open_nursery() as nursery:
+                for i, node in enumerate(honest):
+                    first, second = (v1, v2) if i < 2 else (v2, v1)
+                    nursery.start_soon(node.dag.ingest, first.to_bytes(), cheat.peer_id)
+            for node in honest:
+                await node.dag.ingest(
+                    v2.to_bytes() if node in honest[:2] else v1.to_bytes(), cheat.peer_id
+                )
+            # honest traffic keeps the votes flowing until the conflict is decided everywhere
+            for node in honest:
+                await node.dag.transfer(nodes[0].keys.account.account_id, 1)
+
+            async def settled() -> bool:
+                states = await decided(honest, tx_ids)
+                return all("applied" in s or s == ["rejected", "rejected"] for s in states.values())
+
+            for node in honest:
+                await node.dag.wait_for(settled)
+            states = await decided(honest, tx_ids)
+            winners = {tuple(s) for s in states.values()}
+            assert len(winners) == 1, states  # the same outcome on every honest node
+            (outcome,) = winners
+            assert outcome.count("applied") <= 1
+            balances = [await n.dag.balances() for n in honest]
+            assert all(b == balances[0] for b in balances)
+            assert sum(r["balance"] for r in balances[0]) == nodes[0].genesis.supply
+
+
+async def test_an_inverted_voter_with_20_percent_stake_cannot_stop_progress(tmp_path: Path) -> None:
+    with trio.fail_after(90):
+        async with swarm(tmp_path, 5) as nodes:
+            liar = nodes[4]
+
+            async def inverted(peer: str, vertex_ids: tuple[bytes, ...]) -> tuple[bool, ...]:
+                return tuple(not v for v in await honest_answer(peer, vertex_ids))
+
+            honest_answer = liar.dag._answer
+            liar.dag._answer = inverted  # type: ignore[method-assign]
+            sent = [
+                await nodes[i].dag.transfer(nodes[(i + 1) % 4].keys.account.account_id, 5)
+                for i in range(4)
+            ]
+
+            async def all_applied(node: Node) -> bool:
+                return all([await node.dag.tx_status(t) == "applied" for t in sent])
+
+            for node in nodes[:4]:
+                await node.dag.wait_for(lambda n=node: all_applied(n))
+            balances = [await n.dag.balances() for n in nodes[:4]]
+            assert all(b == balances[0] for b in balances)
