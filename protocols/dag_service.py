@@ -24,9 +24,9 @@ from dag.errors import RemoteProtocolError, SwarmError
 from dag.kinds import transfer_payload
 from dag.params import Params
 from dag.tx import Transaction
-from dag.vertex import Vertex
 from protocols import dag_wire as wire
 from protocols import ids
+from protocols.dag_orphans import OrphanPool
 from protocols.dag_sync import (
     QueryChannel,
     RateLimit,
@@ -35,7 +35,9 @@ from protocols.dag_sync import (
     serve_query,
     serve_sync,
 )
+from protocols.dag_views import balance_view, tx_status_of, vertex_view
 from protocols.errors import NetworkError
+from protocols.metrics import METRICS_WINDOW_S, Latencies
 from protocols.stream import Stream
 
 if TYPE_CHECKING:
@@ -47,10 +49,10 @@ MAX_ORPHANS = 50_000
 ORPHAN_GRACE_S = 0.5
 FETCH_SOURCES = 2
 MAX_BATCH = 256
-# A vertex travels as one gossipsub message; keep it well under the 1 MiB py-libp2p default.
-MAX_BATCH_BYTES = 768 * 1024
+# A vertex travels as one gossipsub message; py-libp2p batches messages into RPCs of up to
+# 1 MiB, so a vertex stays well under that.
+MAX_BATCH_BYTES = 256 * 1024
 TX_OVERHEAD_BYTES = 160
-METRICS_WINDOW_S = 300.0
 
 
 class InsufficientCredits(SwarmError):
@@ -75,30 +77,6 @@ class _TxWait:
     submitted: float = 0.0
 
 
-class Latencies:
-    """Acceptance latencies of the last few minutes, for `dag status` and the benchmark."""
-
-    def __init__(self) -> None:
-        self._samples: deque[tuple[float, float]] = deque()
-
-    def add(self, now: float, latency: float) -> None:
-        self._samples.append((now, latency))
-        while self._samples and self._samples[0][0] < now - METRICS_WINDOW_S:
-            self._samples.popleft()
-
-    def summary(self, window_s: float = METRICS_WINDOW_S) -> dict[str, float | int | None]:
-        """Count, p50 and p99 of the samples of the last `window_s` seconds."""
-        since = (self._samples[-1][0] if self._samples else 0.0) - window_s
-        values = sorted(v for t, v in self._samples if t >= since)
-        if not values:
-            return {"count": 0, "p50_s": None, "p99_s": None}
-
-        def pick(q: float) -> float:
-            return round(values[min(len(values) - 1, int(q * len(values)))], 4)
-
-        return {"count": len(values), "p50_s": pick(0.5), "p99_s": pick(0.99)}
-
-
 class DagService:
     def __init__(
         self,
@@ -120,8 +98,7 @@ class DagService:
         self._mempool: list[Transaction] = []
         self._waits: dict[bytes, _TxWait] = {}
         self._seen: dict[bytes, float] = {}  # vertex id -> when we first held it
-        self._orphans: dict[bytes, tuple[bytes, str | None, set[bytes]]] = {}
-        self._blocked_on: dict[bytes, set[bytes]] = {}
+        self._orphans = OrphanPool(MAX_ORPHANS)
         self._fetching: set[bytes] = set()
         self._channels: dict[str, QueryChannel] = {}
         self._next_nonce: int | None = None
@@ -240,8 +217,7 @@ class DagService:
 
     async def tx_status(self, tx_id: bytes) -> str:
         """`applied`, `failed`, `waiting`, `rejected` (from the store), else `unknown`."""
-        record = await self._call(self.engine.store.tx_record, tx_id)
-        return "unknown" if record is None else record.status.name.lower()
+        return await self._call(tx_status_of, self.engine, tx_id)
 
     async def wait_decided(self, tx_id: bytes, timeout_s: float) -> str:
         """`accepted`, `applied`, `failed: ...`, `rejected`, or `pending` after `timeout_s`."""
@@ -274,7 +250,7 @@ class DagService:
                 missing.discard(received.vertex_id)
                 self._seen.setdefault(received.vertex_id, trio.current_time())
                 self._kick_poller.set()
-                pending.extend(self._unpark(received.vertex_id))
+                pending.extend(self._orphans.release(received.vertex_id))
         return missing
 
     def _receive(self, data: bytes, peer: str | None) -> Received:
@@ -282,25 +258,12 @@ class DagService:
         return self.engine.receive(data, now_ms=self._now_ms(), peer=account)
 
     def _park(self, received: Received, data: bytes, peer: str | None, *, fetch: bool) -> None:
-        if received.vertex_id in self._orphans or len(self._orphans) >= MAX_ORPHANS:
+        if not self._orphans.park(received.vertex_id, data, peer, received.missing):
             return
-        self._orphans[received.vertex_id] = (data, peer, set(received.missing))
-        for missing in received.missing:
-            self._blocked_on.setdefault(missing, set()).add(received.vertex_id)
         wanted = [m for m in received.missing if m not in self._fetching]
         if fetch and wanted and self._nursery is not None:
             self._fetching.update(wanted)
             self._nursery.start_soon(self._fetch_missing, peer, wanted)
-
-    def _unpark(self, vertex_id: bytes) -> list[tuple[bytes, str | None]]:
-        ready = []
-        for child in self._blocked_on.pop(vertex_id, ()):
-            data, peer, missing = self._orphans[child]
-            missing.discard(vertex_id)
-            if not missing:
-                del self._orphans[child]
-                ready.append((data, peer))
-        return ready
 
     async def _fetch_missing(self, peer: str | None, wanted: list[bytes]) -> None:
         """Parents a parked vertex lacks: give gossip a moment to bring them, then fetch
@@ -311,7 +274,7 @@ class DagService:
             members = [e.peer_id for e in self.p2p.peers.connected_members() if e.peer_id != peer]
             random.shuffle(members)
             for source in ([peer] if peer else []) + members[:FETCH_SOURCES]:
-                wanted = [w for w in wanted if w in self._blocked_on]
+                wanted = [w for w in wanted if self._orphans.is_wanted(w)]
                 if not wanted:
                     return
                 await self._fetch_vertices(source, wanted)
@@ -335,7 +298,7 @@ class DagService:
                         )
                     for item in answer.items:
                         missing |= await self.ingest(item, peer, fetch=not ancestry)
-                wanted = [m for m in missing if m in self._blocked_on] if ancestry else []
+                wanted = [m for m in missing if self._orphans.is_wanted(m)] if ancestry else []
         except (NetworkError, RemoteProtocolError, trio.TooSlowError) as exc:
             log.debug("fetch from %s failed: %s", peer, exc)
 
@@ -560,16 +523,7 @@ class DagService:
         }
 
     async def balance(self, account: bytes) -> dict[str, Any]:
-        def read() -> dict[str, Any]:
-            ledger = self.engine.ledger
-            return {
-                "account": account.hex(),
-                "balance": ledger.balance(account),
-                "next_nonce": ledger.next_nonce(account),
-                "supply": self.engine.genesis.supply,
-            }
-
-        return await self._call(read)
+        return await self._call(balance_view, self.engine, account)
 
     async def balances(self) -> list[dict[str, Any]]:
         """Balances of the genesis accounts."""
@@ -578,40 +532,4 @@ class DagService:
         ]
 
     async def vertex_info(self, vertex_id: bytes) -> dict[str, Any] | None:
-        def read() -> dict[str, Any] | None:
-            body = self.engine.vertex_bytes(vertex_id)
-            if body is None:
-                return None
-            vertex = Vertex.from_bytes(body, self.engine.registry, chain=self.engine.chain)
-            status = self.engine.store.vertex_status(vertex_id)
-            return {
-                "id": vertex.id.hex(),
-                "status": status.name.lower() if status is not None else "processing",
-                "author": vertex.author.hex(),
-                "scheme": vertex.author_key.scheme.label,
-                "timestamp_ms": vertex.timestamp_ms,
-                "parents": [p.hex() for p in vertex.parents],
-                "bytes": len(body),
-                "txs": [
-                    {
-                        "id": tx.id.hex(),
-                        "account": tx.account.hex(),
-                        "nonce": tx.nonce,
-                        "kind": tx.kind,
-                        "payload": [_show(x) for x in tx.payload],
-                        "status": _tx_status(self.engine, tx.id),
-                    }
-                    for tx in vertex.txs
-                ],
-            }
-
-        return await self._call(read)
-
-
-def _show(value: Any) -> Any:
-    return value.hex() if isinstance(value, bytes) else value
-
-
-def _tx_status(engine: Engine, tx_id: bytes) -> str:
-    record = engine.store.tx_record(tx_id)
-    return "processing" if record is None else record.status.name.lower()
+        return await self._call(vertex_view, self.engine, vertex_id)

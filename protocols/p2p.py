@@ -7,6 +7,7 @@ redials bootstrap peers with backoff. It is built by the composition root from p
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import secrets
@@ -47,6 +48,8 @@ HELLO_TIMEOUT_S = 10.0
 DIAL_TIMEOUT_S = 10.0
 PING_TIMEOUT_S = 5.0
 PING_BYTES = 32
+# The largest pubsub RPC we read: a vertex is kept under 256 KiB, and an RPC may batch a few.
+MAX_PUBSUB_RPC = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +129,29 @@ def install_signed_record_cache() -> None:
     pubsub.maybe_consume_signed_record = cached  # type: ignore[attr-defined]
 
 
+def guard_pubsub_streams(host: IHost, pubsub: Pubsub, protocols: list[TProtocol]) -> None:
+    """Keep a malformed pubsub RPC from taking the whole node down.
+
+    py-libp2p's pubsub stream handler lets a protobuf `DecodeError` or an oversized frame
+    (`MessageTooLarge`) escape into the connection's nursery, which ends the process. Here
+    such a stream is reset and its peer dropped from pubsub, as py-libp2p does for the
+    errors it does catch; the connection and every other protocol carry on.
+    """
+
+    async def guarded(stream: INetStream) -> None:
+        peer = stream.muxed_conn.peer_id
+        try:
+            await pubsub.stream_handler(stream)
+        except Exception as exc:  # whatever a peer's bytes make the library raise
+            log.info("dropped the pubsub stream of %s: %s: %s", peer, type(exc).__name__, exc)
+            with contextlib.suppress(Exception):
+                await stream.reset()
+            pubsub._handle_dead_peer(peer)
+
+    for protocol in protocols:
+        host.set_stream_handler(protocol, guarded)
+
+
 class P2PService:
     """Owns the libp2p host and everything that runs on it."""
 
@@ -179,7 +205,10 @@ class P2PService:
                 degree_high=4,
                 heartbeat_interval=self.settings.gossip_heartbeat_s,
             )
-            self.pubsub = Pubsub(host, router, strict_signing=True)
+            self.pubsub = Pubsub(
+                host, router, strict_signing=True, max_inbound_rpc_size=MAX_PUBSUB_RPC
+            )
+            guard_pubsub_streams(host, self.pubsub, router.protocols)
             await stack.enter_async_context(background_trio_service(self.pubsub))
             await self.pubsub.wait_until_ready()
             self.dht = KadDHT(host, DHTMode.SERVER)

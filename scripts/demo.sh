@@ -17,6 +17,18 @@ echo
 echo "== node-0: peers (every other node, connected, on our chain)"
 swarm peers --data-dir "$MESH_DIR/node-0"
 echo
+echo "== node-0 sends 250 credits to node-2 through the consensus DAG"
+swarm transfer --data-dir "$MESH_DIR/node-0" node-2 250
+echo
+echo "== balances as node-1 sees them (every node agrees)"
+swarm balance --all --data-dir "$MESH_DIR/node-1"
+echo
+echo "== node-1: the DAG"
+swarm dag status --data-dir "$MESH_DIR/node-1"
+echo
+echo "== a micro-expert answers, routed by the learned gate (local; peer-to-peer comes next)"
+swarm infer --local "457+268="
+echo
 echo "== a new node joins the running mesh"
 swarm mesh join --dir "$MESH_DIR"
 echo

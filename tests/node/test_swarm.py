@@ -93,6 +93,11 @@ async def test_garbage_on_a_stream_does_not_disturb_the_node(tmp_path: Path) -> 
             reply = await framed.receive_required()
             assert reply["t"] == "refuse" and "exceeds the limit" in reply["reason"]
             await framed.aclose()
+            # Malformed and oversized pubsub RPCs: py-libp2p would let these end the process.
+            for junk in [b"\x05\xff\xff\xff\xff\xff", b"\xff\xff\xff\x7f" + b"x" * 64]:
+                raw = await b.p2p.open_stream(a.peer_id, "/meshsub/1.1.0")
+                await raw.send_all(junk)
+                assert await raw.receive_some() == b""  # a resets that stream, nothing else
             # `a` still serves: a third node on the same chain joins through it.
             async with running_nodes(dirs[2:]) as (c,):
                 await c.p2p.connect(a.p2p.addrs()[0])
