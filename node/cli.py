@@ -22,20 +22,10 @@ from dag.errors import SwarmError
 from node import __version__
 from node.config import ConfigError, check_multiaddr, check_ports_free, load_config
 from node.datadir import KeyFileError, default_data_dir, init_data_dir, load_genesis
+from node.output import emit, table
 
 EXIT_FAIL = 1
 EXIT_CONFIG = 2
-
-
-def _print(doc: Any, as_json: bool, human: str) -> None:
-    print(json.dumps(doc, indent=2) if as_json else human)
-
-
-def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -56,7 +46,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap,
         api_port=args.api_port,
     )
-    _print(
+    emit(
         info,
         args.json,
         (
@@ -112,7 +102,7 @@ def _client(args: argparse.Namespace) -> Any:
 
 def cmd_status(args: argparse.Namespace) -> int:
     s = _client(args).status()
-    _print(
+    emit(
         s,
         args.json,
         "\n".join(
@@ -143,10 +133,10 @@ def cmd_peers(args: argparse.Namespace) -> int:
         ]
         for p in peers
     ]
-    _print(
+    emit(
         {"peers": peers},
         args.json,
-        _table(rows, ["NAME", "PEER ID", "CONNECTED", "STATE", "RTT MS"]) if rows else "no peers",
+        table(rows, ["NAME", "PEER ID", "CONNECTED", "STATE", "RTT MS"]) if rows else "no peers",
     )
     return 0
 
@@ -154,7 +144,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
 def cmd_connect(args: argparse.Namespace) -> int:
     check_multiaddr(args.multiaddr, listen=False, key="MULTIADDR")
     info = _client(args).connect(args.multiaddr)
-    _print(info, args.json, f"connected to {info['name']} ({info['peer_id']})")
+    emit(info, args.json, f"connected to {info['name']} ({info['peer_id']})")
     return 0
 
 
@@ -162,7 +152,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     if args.amount <= 0:
         raise SwarmError("amount must be a positive number of credits")
     out = _client(args).transfer(args.account, args.amount, wait_s=args.wait)
-    _print(
+    emit(
         out,
         args.json,
         f"transfer {out['tx_id'][:16]}: {out['amount']} credits to "
@@ -179,17 +169,17 @@ def cmd_balance(args: argparse.Namespace) -> int:
             raise SwarmError(f"transaction {args.wait_for[:16]} is still {status} here")
     if args.all:
         rows = client.balances()
-        _print(
+        emit(
             {"balances": rows},
             args.json,
-            _table(
+            table(
                 [[r["name"], r["account"][:16], str(r["balance"])] for r in rows],
                 ["NAME", "ACCOUNT", "BALANCE"],
             ),
         )
         return 0
     out = client.balance(args.account)
-    _print(out, args.json, f"{out['account']}  {out['balance']} credits")
+    emit(out, args.json, f"{out['account']}  {out['balance']} credits")
     return 0
 
 
@@ -199,7 +189,7 @@ def cmd_dag(args: argparse.Namespace) -> int:
         if not args.id:
             raise SwarmError("dag show needs a vertex id")
         v = client.vertex(args.id)
-        _print(
+        emit(
             v,
             args.json,
             "\n".join(
@@ -223,7 +213,7 @@ def cmd_dag(args: argparse.Namespace) -> int:
         return "-" if value is None else f"{value * 1000:.0f} ms"
 
     fin, tfin = s["finality"], s["tx_finality"]
-    _print(
+    emit(
         s,
         args.json,
         "\n".join(

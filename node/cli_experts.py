@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import experts
 from dag.errors import SwarmError
-
-
-def _out(doc: Any, as_json: bool, human: str) -> None:
-    print(json.dumps(doc, indent=2) if as_json else human)
+from node.output import emit, table
 
 
 def _entry_row(entry: experts.ZooEntry) -> dict[str, Any]:
@@ -33,15 +29,13 @@ def _entry_row(entry: experts.ZooEntry) -> dict[str, Any]:
 
 
 def cmd_experts(args: argparse.Namespace) -> int:
-    from node.cli import _table
-
     action = args.action
     if action == "list":
         rows = [_entry_row(e) for e in experts.list_zoo()]
-        _out(
+        emit(
             {"experts": rows},
             args.json,
-            _table(
+            table(
                 [
                     [
                         r["id"][:16],
@@ -64,7 +58,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
         entry = experts.find(args.target)
         row = _entry_row(entry)
         row["manifest"] = entry.manifest.to_json()
-        _out(row, args.json, "\n".join(f"{k:<11}{v}" for k, v in row.items() if k != "manifest"))
+        emit(row, args.json, "\n".join(f"{k:<11}{v}" for k, v in row.items() if k != "manifest"))
         return 0
     if action == "eval":
         entry = experts.find(args.target)
@@ -79,7 +73,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
             "n": result.n,
             "recorded": recorded.score if recorded else None,
         }
-        _out(
+        emit(
             doc,
             args.json,
             f"{entry.manifest.domain} ({entry.expert_id[:16]}): "
@@ -95,12 +89,12 @@ def cmd_experts(args: argparse.Namespace) -> int:
             else src.with_name(src.name.replace(".f32", "").removesuffix(".npz") + ".int8.npz")
         )
         expert_id = experts.quantize_file(src, dst)
-        _out({"id": expert_id, "path": str(dst)}, args.json, f"wrote {dst} ({expert_id[:16]})")
+        emit({"id": expert_id, "path": str(dst)}, args.json, f"wrote {dst} ({expert_id[:16]})")
         return 0
     if action == "analyze":
         path = Path(args.target) if Path(args.target).exists() else experts.find(args.target).path
         report = experts.analyze(path)
-        _out(report, args.json, experts.format_table(report))
+        emit(report, args.json, experts.format_table(report))
         return 0
     raise SwarmError(f"unknown experts action {action!r}")
 
@@ -121,7 +115,7 @@ def cmd_infer_local(args: argparse.Namespace) -> int:
         "consensus": result.consensus is not None,
     }
     routes = ", ".join(f"{r.domain} {r.probability:.2f}" for r in result.routes)
-    _out(
+    emit(
         doc,
         args.json,
         f"{result.text}\n-- {result.domain} expert {result.expert_id[:16]}, "

@@ -27,6 +27,7 @@ from dag.errors import SwarmError
 from dag.genesis import Genesis, GenesisAccount
 from node.client import Client
 from node.datadir import GENESIS, Identity, load_genesis, write_atomic, write_node
+from node.output import table
 
 MESH_FILE = "mesh.json"
 NODE_BALANCE = 1_000_000
@@ -268,14 +269,12 @@ def stop_pids(nodes: list[MeshNode]) -> int:
     return len(running)
 
 
-def print_table(nodes: list[MeshNode], as_json: bool, chain_id: str) -> None:
+def print_nodes(nodes: list[MeshNode], as_json: bool, chain_id: str) -> None:
     if as_json:
         print(json.dumps({"chain_id": chain_id, "nodes": [n.row() for n in nodes]}, indent=2))
         return
-    from node.cli import _table
-
     print(
-        _table(
+        table(
             [[n.name, n.peer_id, n.addr.rsplit("/p2p/", 1)[0], str(n.api_port)] for n in nodes],
             ["NAME", "PEER ID", "MULTIADDR", "API PORT"],
         )
@@ -347,7 +346,7 @@ async def _bring_up(mesh: Mesh, args: argparse.Namespace, processes: list[trio.P
     await mesh.wait_joined(mesh.nodes, len(mesh.nodes) - 1, args.timeout)
     genesis = load_genesis(mesh.root / GENESIS)
     _progress(f"mesh of {len(mesh.nodes)} nodes formed in {time.monotonic() - started:.1f} s")
-    print_table(mesh.nodes, args.json, genesis.chain_id)
+    print_nodes(mesh.nodes, args.json, genesis.chain_id)
     if args.detach:
         print(
             f"running in the background; stop with: swarm-node mesh stop --dir {args.dir}",
@@ -382,5 +381,5 @@ async def _join(mesh: Mesh, args: argparse.Namespace) -> int:
     await mesh.wait_joined(running, len(running), args.timeout)
     genesis = load_genesis(mesh.root / GENESIS)
     _progress(f"{node.name} joined the mesh")
-    print_table([node], args.json, genesis.chain_id)
+    print_nodes([node], args.json, genesis.chain_id)
     return 0
