@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from dag.errors import RemoteProtocolError
-from protocols.errors import NetworkError, map_libp2p_errors
+from protocols.errors import NetworkError, PeerTimeout, map_libp2p_errors
 from protocols.framing import DEFAULT_MAX_FRAME, FrameDecoder, decode_body, encode_frame
 
 if TYPE_CHECKING:
@@ -109,10 +109,23 @@ class FramedStream:
     async def send(self, body: dict[str, Any]) -> None:
         await self.stream.send_all(encode_frame(body))
 
-    async def receive(self) -> dict[str, Any] | None:
-        """The next message, or None at a clean end of stream (between frames)."""
+    async def receive(self, *, partial_timeout_s: float | None = None) -> dict[str, Any] | None:
+        """The next message, or None at a clean end of stream (between frames).
+
+        With `partial_timeout_s`, a peer that starts a frame and then stalls for that long
+        gets `PeerTimeout`: half a frame must not hold a slot forever."""
         while (payload := self._decoder.next_frame()) is None:
-            data = await self.stream.receive_some(READ_CHUNK)
+            if partial_timeout_s is not None and self._decoder.buffered:
+                with trio.move_on_after(partial_timeout_s) as scope:
+                    data = await self.stream.receive_some(READ_CHUNK)
+                if scope.cancelled_caught:
+                    raise PeerTimeout(
+                        f"peer stalled inside a frame for {partial_timeout_s} s",
+                        peer=self.remote_peer,
+                        after_s=partial_timeout_s,
+                    )
+            else:
+                data = await self.stream.receive_some(READ_CHUNK)
             if not data:
                 if self._decoder.buffered:
                     raise RemoteProtocolError("stream ended inside a frame", peer=self.remote_peer)

@@ -1,0 +1,286 @@
+"""The provider side of `/swarm/infer/1.0.0`: the experts a node hosts, and how calls reach them.
+
+Calls on one stream run concurrently and answer in any order. Calls to one tensor expert are
+batched: while a forward pass runs, new calls queue, and the next pass takes them all. Every
+queue is bounded and a full one answers "busy" at once; one peer may hold only so many calls
+in flight, so a flood from one peer leaves the others served. numpy work that takes long
+(generation, large batches) runs in worker threads; a small forward pass runs inline, where a
+thread hop would cost more than the pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+import trio
+
+from dag.errors import RemoteProtocolError, SwarmError
+from experts import GeneratorExpert, TensorExpert
+from experts.errors import ExpertInputError
+from protocols import infer_wire as wire
+from protocols.errors import NetworkError, PeerTimeout
+from protocols.stream import FramedStream, Stream
+
+if TYPE_CHECKING:
+    # libp2p pulls in trio-typing, whose stubs shadow trio's own types for mypy.
+    from trio_typing import TaskStatus
+
+log = logging.getLogger("swarm.infer")
+
+Expert = TensorExpert | GeneratorExpert
+PARTIAL_FRAME_TIMEOUT_S = 5.0
+INLINE_CELLS = 64 * 1024  # a forward pass over fewer input cells than this runs inline
+
+
+@dataclass(frozen=True, slots=True)
+class ServeLimits:
+    queue_per_expert: int = 256  # calls waiting for one expert; beyond: busy
+    inflight_per_peer: int = 64  # calls one peer may have open; beyond: busy
+    generator_threads: int = 2
+
+
+class Busy(SwarmError):
+    """The expert's queue is full, or the caller has too many calls open."""
+
+
+class CallError(SwarmError):
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+@dataclass
+class _Waiting:
+    rows: npt.NDArray[np.float32]
+    done: trio.Event = field(default_factory=trio.Event)
+    out: npt.NDArray[np.float32] | None = None
+    error: Exception | None = None
+
+
+class TensorBatcher:
+    """One runner per tensor expert: calls queue while a pass runs, the next takes them all."""
+
+    def __init__(self, expert: TensorExpert, limits: ServeLimits) -> None:
+        self.expert = expert
+        self.limits = limits
+        self._queue: list[_Waiting] = []
+        self._wake = trio.Event()
+        self.batches = 0
+        self.rows = 0
+
+    async def call(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        if len(self._queue) >= self.limits.queue_per_expert:
+            raise Busy(f"expert {self.expert.expert_id[:12]} has {len(self._queue)} calls queued")
+        waiting = _Waiting(rows)
+        self._queue.append(waiting)
+        self._wake.set()
+        await waiting.done.wait()
+        if waiting.error is not None:
+            raise waiting.error
+        assert waiting.out is not None
+        return waiting.out
+
+    async def run(self) -> None:
+        max_rows = self.expert.manifest.limits.max_batch
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            # Let every call that is already on its way join this pass: one pass over n rows
+            # costs little more than a pass over one.
+            await trio.lowlevel.checkpoint()
+            while self._queue:
+                batch: list[_Waiting] = []
+                rows = 0
+                while self._queue and (not batch or rows + len(self._queue[0].rows) <= max_rows):
+                    item = self._queue.pop(0)
+                    batch.append(item)
+                    rows += len(item.rows)
+                await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[_Waiting]) -> None:
+        stacked = batch[0].rows if len(batch) == 1 else np.concatenate([w.rows for w in batch])
+        try:
+            if stacked.size <= INLINE_CELLS:
+                out = self.expert.forward(stacked)
+            else:
+                out = await trio.to_thread.run_sync(self.expert.forward, stacked)
+        except (ExpertInputError, ValueError) as exc:
+            for w in batch:
+                w.error = exc
+                w.done.set()
+            return
+        self.batches += 1
+        self.rows += len(stacked)
+        start = 0
+        for w in batch:
+            w.out = out[start : start + len(w.rows)]
+            start += len(w.rows)
+            w.done.set()
+
+
+class ExpertHost:
+    """The experts this node serves, by id, and the call path to each."""
+
+    def __init__(self, experts: list[Expert], limits: ServeLimits | None = None) -> None:
+        self.limits = limits or ServeLimits()
+        self.experts = {e.expert_id: e for e in experts}
+        self._batchers = {
+            e.expert_id: TensorBatcher(e, self.limits)
+            for e in experts
+            if isinstance(e, TensorExpert)
+        }
+        self._generators = trio.CapacityLimiter(self.limits.generator_threads)
+        self._gen_waiting: Counter[str] = Counter()
+        self._inflight: Counter[str] = Counter()
+        self.calls = 0
+        self.latency_s: dict[str, float] = {}  # recent compute latency per expert (EWMA)
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for batcher in self._batchers.values():
+                nursery.start_soon(batcher.run)
+            task_status.started()
+
+    def queue_depth(self, expert_id: str) -> int:
+        batcher = self._batchers.get(expert_id)
+        return len(batcher._queue) if batcher is not None else self._gen_waiting[expert_id]
+
+    async def serve(self, stream: Stream) -> None:
+        """Answer calls on one stream until the peer closes it."""
+        framed = FramedStream(stream, wire.MAX_FRAME)
+        send_lock = trio.Lock()
+        peer = stream.remote_peer
+
+        async def answer(result: wire.Result) -> None:
+            async with send_lock:
+                await framed.send(result.encode())
+
+        failure: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    body = await framed.receive(partial_timeout_s=PARTIAL_FRAME_TIMEOUT_S)
+                except (RemoteProtocolError, PeerTimeout, NetworkError) as exc:
+                    failure = exc  # the stream is unusable: drop the calls still on it
+                    nursery.cancel_scope.cancel()
+                    break
+                if body is None:
+                    break
+                try:
+                    request = wire.decode_request(body, peer=peer)
+                except RemoteProtocolError as exc:
+                    raw_id = body.get("id")
+                    request_id = raw_id if isinstance(raw_id, int) and raw_id >= 0 else 0
+                    await answer(wire.ErrorResult(request_id, "bad_input", str(exc)))
+                    continue
+                if self._inflight[peer] >= self.limits.inflight_per_peer:
+                    await answer(
+                        wire.ErrorResult(request.id, "busy", "too many calls open from this peer")
+                    )
+                    continue
+                self._inflight[peer] += 1
+                nursery.start_soon(self._handle, peer, request, answer)
+        if failure is not None:
+            raise failure
+
+    async def _handle(
+        self, peer: str, request: wire.Request, answer: Callable[[wire.Result], object]
+    ) -> None:
+        try:
+            result = await self.call(request)
+        except Busy as exc:
+            result = wire.ErrorResult(request.id, "busy", str(exc))
+        except CallError as exc:
+            result = wire.ErrorResult(request.id, exc.code, str(exc))
+        except ExpertInputError as exc:
+            result = wire.ErrorResult(request.id, "bad_input", str(exc))
+        except SwarmError as exc:
+            log.warning("call to %s failed: %s", request.expert[:12], exc)
+            result = wire.ErrorResult(request.id, "internal", str(exc))
+        finally:
+            self._inflight[peer] -= 1
+        try:
+            await answer(result)  # type: ignore[misc]
+        except (NetworkError, PeerTimeout) as exc:
+            log.debug("could not answer %s: %s", peer, exc)
+
+    async def call(self, request: wire.Request) -> wire.Result:
+        """Run one request against a hosted expert (also used for local calls)."""
+        expert = self.experts.get(request.expert)
+        if expert is None:
+            raise CallError("unknown_expert", f"this node hosts no expert {request.expert[:16]}")
+        deadline = trio.current_time() + request.deadline_ms / 1000
+        started = time.perf_counter()
+        if isinstance(request, wire.TensorRequest):
+            if not isinstance(expert, TensorExpert):
+                raise CallError("bad_input", "a tensor call to a generator expert")
+            if request.cols != expert.manifest.input_dim:
+                raise CallError(
+                    "bad_input",
+                    f"rows must have {expert.manifest.input_dim} columns, not {request.cols}",
+                )
+            with trio.move_on_at(deadline) as scope:
+                out = await self._batchers[expert.expert_id].call(request.array())
+            if scope.cancelled_caught:
+                raise CallError("deadline", "the deadline passed in the queue")
+            result: wire.Result = wire.ArrayResult(
+                request.id,
+                expert.expert_id,
+                out.shape[0],
+                out.shape[1],
+                np.ascontiguousarray(out, dtype="<f4").tobytes(),
+                request.rows,
+                out.shape[0],
+                int((time.perf_counter() - started) * 1e6),
+            )
+        else:
+            if not isinstance(expert, GeneratorExpert):
+                raise CallError("bad_input", "a text call to a tensor expert")
+            result = await self._generate(expert, request, deadline, started)
+        self.calls += 1
+        elapsed = time.perf_counter() - started
+        old = self.latency_s.get(expert.expert_id, elapsed)
+        self.latency_s[expert.expert_id] = 0.8 * old + 0.2 * elapsed
+        return result
+
+    async def _generate(
+        self,
+        expert: GeneratorExpert,
+        request: wire.GenerateRequest,
+        deadline: float,
+        started: float,
+    ) -> wire.Result:
+        if self._gen_waiting[expert.expert_id] >= self.limits.queue_per_expert:
+            raise Busy(f"expert {expert.expert_id[:12]} has too many calls queued")
+        self._gen_waiting[expert.expert_id] += 1
+        try:
+            with trio.move_on_at(deadline) as scope:
+                async with self._generators:
+                    generation = await trio.to_thread.run_sync(
+                        lambda: expert.generate(
+                            request.prompt,
+                            max_tokens=request.max_tokens,
+                            temperature=request.temperature,
+                            top_k=request.top_k,
+                            seed=request.seed,
+                        )
+                    )
+        finally:
+            self._gen_waiting[expert.expert_id] -= 1
+        if scope.cancelled_caught:
+            raise CallError("deadline", "the deadline passed before the expert could run")
+        return wire.TextResult(
+            request.id,
+            expert.expert_id,
+            generation.text,
+            generation.tokens_in,
+            generation.tokens_out,
+            int((time.perf_counter() - started) * 1e6),
+        )

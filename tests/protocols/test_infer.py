@@ -1,0 +1,193 @@
+"""The inference protocol over in-memory streams: no sockets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import numpy as np
+import pytest
+import trio
+import trio.testing
+
+import experts
+from protocols import infer_wire as wire
+from protocols.errors import PeerTimeout
+from protocols.framing import HEADER, encode_frame
+from protocols.infer_client import CallFailed, InferChannel
+from protocols.infer_server import ExpertHost, ServeLimits
+from protocols.stream import FramedStream, Stream, memory_stream_pair
+
+FFN = experts.build_ffn(64, seed=1)
+
+
+@asynccontextmanager
+async def provider(
+    host: ExpertHost, caller: str = "caller"
+) -> AsyncIterator[tuple[InferChannel, list[Stream]]]:
+    """A channel whose streams are served by `host`, each over an in-memory pair."""
+    served: list[Stream] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(host.run)
+
+        async def open_stream(peer: str, protocol: str) -> Stream:
+            ours, theirs = memory_stream_pair(caller, peer)
+            served.append(theirs)
+            nursery.start_soon(host.serve, theirs)
+            return ours
+
+        yield InferChannel("provider", open_stream, nursery), served
+        nursery.cancel_scope.cancel()
+
+
+def tensor(request_id: int, rows: np.ndarray, expert: str = FFN.expert_id) -> wire.TensorRequest:
+    return wire.TensorRequest.of(request_id, expert, 5000, rows)
+
+
+async def test_tensor_calls_share_one_stream_and_are_batched() -> None:
+    host = ExpertHost([FFN])
+    rows = np.random.default_rng(0).standard_normal((40, 64)).astype(np.float32)
+    with trio.fail_after(10):
+        async with provider(host) as (channel, served):
+            results: dict[int, np.ndarray] = {}
+
+            async def one(i: int) -> None:
+                result = await channel.call(tensor(i, rows[i]))
+                assert isinstance(result, wire.ArrayResult)
+                results[i] = result.array()
+                assert (result.tokens_in, result.tokens_out) == (1, 1)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(40):
+                    nursery.start_soon(one, i)
+    assert len(served) == 1  # every call rode the same stream
+    np.testing.assert_allclose(
+        np.vstack([results[i] for i in range(40)]), FFN.forward(rows), rtol=1e-5, atol=1e-5
+    )
+
+
+async def test_calls_that_arrive_together_share_one_forward_pass() -> None:
+    host = ExpertHost([FFN])
+    ours, theirs = memory_stream_pair()
+    rows = np.random.default_rng(1).standard_normal((30, 64)).astype(np.float32)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(host.run)
+            nursery.start_soon(host.serve, theirs)
+            # 30 calls in one write, as a busy caller's frames arrive in one TCP read
+            await ours.send_all(
+                b"".join(encode_frame(tensor(i, rows[i]).encode()) for i in range(30))
+            )
+            framed, got = FramedStream(ours), {}
+            while len(got) < 30:
+                body = await framed.receive_required()
+                result = wire.decode_result(body, peer="p")
+                assert isinstance(result, wire.ArrayResult)
+                got[result.id] = result.array()
+            nursery.cancel_scope.cancel()
+    np.testing.assert_allclose(
+        np.vstack([got[i] for i in range(30)]), FFN.forward(rows), rtol=1e-5, atol=1e-5
+    )
+    batcher = host._batchers[FFN.expert_id]
+    assert batcher.rows == 30 and batcher.batches <= 3
+
+
+async def test_generation_counts_tokens_as_the_expert_does() -> None:
+    math = experts.load_generator("mathematics")
+    with trio.fail_after(10):
+        async with provider(ExpertHost([math])) as (channel, _):
+            result = await channel.call(
+                wire.GenerateRequest(1, math.expert_id, 5000, "457+268=", max_tokens=8)
+            )
+    local = math.generate("457+268=", max_tokens=8)
+    assert isinstance(result, wire.TextResult)
+    assert (result.text, result.tokens_in, result.tokens_out) == (
+        local.text,
+        local.tokens_in,
+        local.tokens_out,
+    )
+
+
+@pytest.mark.parametrize(
+    ("request_for", "code"),
+    [
+        (lambda: tensor(1, np.zeros((1, 64)), expert="ab" * 32), "unknown_expert"),
+        (lambda: tensor(2, np.zeros((1, 63))), "bad_input"),
+        (lambda: wire.GenerateRequest(3, FFN.expert_id, 5000, "hi"), "bad_input"),
+    ],
+)
+async def test_bad_calls_get_typed_errors(
+    request_for: Callable[[], wire.Request], code: str
+) -> None:
+    with trio.fail_after(10):
+        async with provider(ExpertHost([FFN])) as (channel, _):
+            with pytest.raises(CallFailed) as info:
+                await channel.call(request_for())
+            assert info.value.code == code
+            # the stream still serves after an error
+            ok = await channel.call(tensor(9, np.zeros((1, 64))))
+            assert isinstance(ok, wire.ArrayResult)
+
+
+async def test_a_flooding_peer_is_told_busy_and_others_are_served() -> None:
+    math = experts.load_generator("mathematics")
+    host = ExpertHost([math], ServeLimits(inflight_per_peer=2, generator_threads=1))
+    outcomes: list[str] = []
+    with trio.fail_after(20):
+        async with provider(host, "flood") as (flood, _), provider(host, "calm") as (calm, _):
+
+            async def flood_one(i: int) -> None:
+                request = wire.GenerateRequest(i, math.expert_id, 10_000, "1+1=", max_tokens=64)
+                try:
+                    await flood.call(request)
+                    outcomes.append("ok")
+                except CallFailed as exc:
+                    outcomes.append(exc.code)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(20):
+                    nursery.start_soon(flood_one, i)
+                await trio.testing.wait_all_tasks_blocked()
+                result = await calm.call(
+                    wire.GenerateRequest(100, math.expert_id, 10_000, "2+2=", max_tokens=4)
+                )
+                assert isinstance(result, wire.TextResult)
+    assert outcomes.count("busy") >= 10 and "ok" in outcomes
+
+
+async def test_half_a_frame_then_silence_times_out(autojump_clock: trio.testing.MockClock) -> None:
+    host = ExpertHost([FFN])
+    ours, theirs = memory_stream_pair()
+    with trio.fail_after(60):
+        await ours.send_all(HEADER.pack(100) + b"only part")
+        with pytest.raises(PeerTimeout, match="stalled inside a frame"):
+            await host.serve(theirs)
+
+
+async def test_oversized_frame_is_refused_unread() -> None:
+    host = ExpertHost([FFN])
+    ours, theirs = memory_stream_pair()
+    await ours.send_all(HEADER.pack(wire.MAX_FRAME + 1))
+    with trio.fail_after(5), pytest.raises(Exception, match="exceeds the limit"):
+        await host.serve(theirs)
+
+
+async def test_truncated_stream_fails_pending_calls() -> None:
+    ours, theirs = memory_stream_pair()
+
+    async def open_stream(peer: str, protocol: str) -> Stream:
+        return ours
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            channel = InferChannel("p", open_stream, nursery)
+
+            async def provider_dies() -> None:
+                framed = FramedStream(theirs)
+                await framed.receive()
+                await theirs.send_all(HEADER.pack(50) + b"cut")
+                await theirs.aclose()
+
+            nursery.start_soon(provider_dies)
+            with pytest.raises(Exception, match="inside a frame|closed"):
+                await channel.call(tensor(1, np.zeros((1, 64))))
