@@ -16,6 +16,7 @@ The calls the CLI and the network layer need:
 from __future__ import annotations
 
 from experts.analysis import analyze, format_table
+from experts.directory import Directory, Listing, Offer, Stats
 from experts.errors import ExpertError, ExpertFormatError, ExpertInputError, ExpertNotFound
 from experts.evaluate import evaluate_expert
 from experts.ffn import build_ffn
@@ -29,6 +30,10 @@ from experts.tokens import count_tokens
 from experts.zoo import ZOO_DIR, Zoo, ZooEntry, find, list_zoo, load_generator
 
 __all__ = [
+    "Directory",
+    "Listing",
+    "Offer",
+    "Stats",
     "DOMAINS",
     "ZOO_DIR",
     "Answer",

@@ -45,6 +45,17 @@ class ApiConfig:
     port: int = 0
 
 
+EXPERT_CHOICES = ("reasoning", "coding", "language", "mathematics", "tool_use", "context",
+                  "ffn64")
+
+
+@dataclass(frozen=True, slots=True)
+class ExpertsConfig:
+    host: tuple[str, ...] = ()  # zoo domains and/or "ffn64"; "all" in the file means all
+    price_per_1k: int = 10
+    precision: str = "int8"
+
+
 @dataclass(frozen=True, slots=True)
 class DagConfig:
     # Avalanche parameters: a named preset, each value overridable on its own.
@@ -72,6 +83,7 @@ class NodeConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     dag: DagConfig = field(default_factory=DagConfig)
+    experts: ExpertsConfig = field(default_factory=ExpertsConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     @property
@@ -80,9 +92,16 @@ class NodeConfig:
 
 
 def render_config(
-    name: str, listen: list[str], bootstrap: list[str], api_port: int, preset: str = "default"
+    name: str,
+    listen: list[str],
+    bootstrap: list[str],
+    api_port: int,
+    preset: str = "default",
+    host: list[str] | None = None,
 ) -> str:
     """The commented `config.toml` that `swarm-node init` writes."""
+
+    host = host or []
 
     def arr(items: list[str]) -> str:
         return "[" + ", ".join(f'"{i}"' for i in items) + "]"
@@ -120,6 +139,15 @@ preset = "{preset}"
 # How long a transaction waits for others to share its vertex, in milliseconds.
 batch_window_ms = 50.0
 
+[experts]
+# The micro-experts this node serves to its peers: zoo domains (reasoning, coding,
+# language, mathematics, tool_use, context), "ffn64" (a built-in tensor expert), or "all".
+host = {arr(host)}
+# What a caller pays per 1,000 tokens, in credits.
+price_per_1k = 10
+# Which zoo files to load: "int8" (small) or "f32".
+precision = "int8"
+
 [log]
 # "text" for people, "json" for machines.
 format = "text"
@@ -148,6 +176,7 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         "query_timeout_s": (int, float),
         "batch_window_ms": (int, float),
     },
+    "experts": {"host": list, "price_per_1k": int, "precision": str},
     "log": {"format": str, "level": str},
 }
 
@@ -227,6 +256,7 @@ def parse_config(doc: dict[str, Any], data_dir: Path, path: Path | str) -> NodeC
         raise ConfigError(path, "dag", str(exc)) from None
     if not 0 <= dag.batch_window_ms <= 1000:
         raise ConfigError(path, "dag.batch_window_ms", "must be 0..1000")
+    experts = _experts(path, doc.get("experts", {}))
     name = get("node", "name", "node")
     if not 1 <= len(name) <= 64:
         raise ConfigError(path, "node.name", "must be 1 to 64 characters")
@@ -237,8 +267,26 @@ def parse_config(doc: dict[str, Any], data_dir: Path, path: Path | str) -> NodeC
         network=network,
         api=ApiConfig(port=port),
         dag=dag,
+        experts=experts,
         log=log,
     )
+
+
+def _experts(path: Path | str, doc: dict[str, Any]) -> ExpertsConfig:
+    host = doc.get("host", [])
+    if host == ["all"]:
+        host = list(EXPERT_CHOICES)
+    for i, name in enumerate(host):
+        if name not in EXPERT_CHOICES:
+            raise ConfigError(path, f"experts.host[{i}]",
+                              f"{name!r} is not one of {', '.join(EXPERT_CHOICES)} or 'all'")
+    price = doc.get("price_per_1k", 10)
+    if not 0 <= price <= 10**9:
+        raise ConfigError(path, "experts.price_per_1k", "must be 0..1000000000")
+    precision = doc.get("precision", "int8")
+    if precision not in ("int8", "f32"):
+        raise ConfigError(path, "experts.precision", f"{precision!r} is not 'int8' or 'f32'")
+    return ExpertsConfig(tuple(dict.fromkeys(host)), price, precision)
 
 
 def dag_params(dag: DagConfig) -> Params:

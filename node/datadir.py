@@ -165,6 +165,7 @@ def write_node(
     bootstrap: list[str] | None = None,
     api_port: int = 0,
     preset: str = "default",
+    host: list[str] | None = None,
 ) -> dict[str, Any]:
     """Write a new node's files: keys (0600, never over an existing one), config, genesis, token."""
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -179,7 +180,9 @@ def write_node(
     write_atomic(data_dir / GENESIS, genesis.to_json())
     write_atomic(
         data_dir / CONFIG_FILE,
-        render_config(name, listen or ["/ip4/127.0.0.1/tcp/0"], bootstrap or [], api_port, preset),
+        render_config(
+            name, listen or ["/ip4/127.0.0.1/tcp/0"], bootstrap or [], api_port, preset, host
+        ),
     )
     return {
         "data_dir": str(data_dir),

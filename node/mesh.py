@@ -23,6 +23,7 @@ from typing import Any
 import trio
 
 from dag.crypto import Scheme
+from experts import DOMAINS
 from dag.errors import SwarmError
 from dag.genesis import Genesis, GenesisAccount
 from node.client import Client
@@ -57,6 +58,12 @@ class MeshNode:
             "pid": self.pid,
             "api_port": self.api_port,
         }
+
+
+def hosted_by(index: int, count: int) -> list[str]:
+    """Spread the six zoo domains over the mesh, round robin; every node also serves the
+    small ffn64 tensor expert. Node 0 of 3 serves reasoning and mathematics, and so on."""
+    return [d for j, d in enumerate(DOMAINS) if j % count == index % count] + ["ffn64"]
 
 
 def _free_port() -> int:
@@ -157,6 +164,7 @@ class Mesh:
                 listen=[f"/ip4/127.0.0.1/tcp/{ports[i]}"],
                 bootstrap=[a for j, a in enumerate(addrs) if j != i],
                 preset=preset,
+                host=hosted_by(i, count),
             )
             self.nodes.append(MeshNode(names[i], data_dir, ident.peer_id, addrs[i]))
         self.save()
@@ -180,6 +188,7 @@ class Mesh:
             genesis=genesis,
             listen=[f"/ip4/127.0.0.1/tcp/{port}"],
             bootstrap=[n.addr for n in self.nodes],
+            host=[DOMAINS[index % len(DOMAINS)], "ffn64"],
         )
         self.nodes.append(node)
         self.save()

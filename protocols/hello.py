@@ -23,6 +23,12 @@ VERSION = 1
 MAX_FRAME = 32 * 1024
 MAX_KNOWN = 32
 _BIND_TAG = b"swarm-node/bind/v1\x00"
+# Host keys are Ed25519 (DESIGN.md), so a peer id is the identity multihash of the protobuf
+# of its key: these 6 bytes then the 32-byte key. Accepting only that keeps other key types'
+# verifiers, some of which raise instead of answering no, away from bytes from outside.
+ED25519_PEER_PREFIX = bytes.fromhex("002408011220")
+PEER_ID_BYTES = 38
+HOST_SIG_BYTES = 64
 
 
 def binding_message(peer_id: str, account_id: bytes) -> bytes:
@@ -45,6 +51,11 @@ class Binding:
 
     def verify(self, peer_id: str) -> None:
         """Raise `InvalidSignature` unless both keys signed this binding to `peer_id`."""
+        peer_bytes = ID.from_base58(peer_id).to_bytes()
+        if len(peer_bytes) != PEER_ID_BYTES or not peer_bytes.startswith(ED25519_PEER_PREFIX):
+            raise InvalidSignature(f"peer {peer_id} is not an Ed25519 identity peer id")
+        if len(self.host_sig) != HOST_SIG_BYTES:
+            raise InvalidSignature(f"host signature must be {HOST_SIG_BYTES} bytes")
         msg = binding_message(peer_id, self.account_key.account_id)
         self.account_key.verify(Signature(self.account_key.scheme, self.account_sig), msg)
         host_key = ID.from_base58(peer_id).extract_public_key()

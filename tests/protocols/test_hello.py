@@ -103,3 +103,12 @@ async def test_stream_ending_inside_a_frame_is_a_protocol_error() -> None:
     await sa.aclose()
     with pytest.raises(RemoteProtocolError, match="inside a frame"):
         await FramedStream(sb).receive()
+
+
+def test_a_host_signature_of_the_wrong_size_is_refused_cleanly() -> None:
+    pa, ha = make_hello()
+    pb, hb = make_hello()
+    for bad in (b"", b"\x00" * 63, b"\x00" * 512):
+        forged = replace(hb, binding=replace(hb.binding, host_sig=bad))
+        with pytest.raises(PeerRefused, match="host signature must be 64 bytes"):
+            check_hello(ha, forged, pb)
