@@ -45,8 +45,7 @@ class ApiConfig:
     port: int = 0
 
 
-EXPERT_CHOICES = ("reasoning", "coding", "language", "mathematics", "tool_use", "context",
-                  "ffn64")
+EXPERT_CHOICES = ("reasoning", "coding", "language", "mathematics", "tool_use", "context", "ffn64")
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,8 +277,11 @@ def _experts(path: Path | str, doc: dict[str, Any]) -> ExpertsConfig:
         host = list(EXPERT_CHOICES)
     for i, name in enumerate(host):
         if name not in EXPERT_CHOICES:
-            raise ConfigError(path, f"experts.host[{i}]",
-                              f"{name!r} is not one of {', '.join(EXPERT_CHOICES)} or 'all'")
+            raise ConfigError(
+                path,
+                f"experts.host[{i}]",
+                f"{name!r} is not one of {', '.join(EXPERT_CHOICES)} or 'all'",
+            )
     price = doc.get("price_per_1k", 10)
     if not 0 <= price <= 10**9:
         raise ConfigError(path, "experts.price_per_1k", "must be 0..1000000000")

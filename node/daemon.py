@@ -21,8 +21,11 @@ from node import __version__
 from node.api import build_app, serve_api
 from node.config import NodeConfig, dag_params
 from node.datadir import RUNTIME, Keys, load_genesis, load_keys, read_token, write_atomic
+from node.hosting import load_hosted
 from protocols.dag_service import DagService, DagSettings
+from protocols.expert_service import ExpertService, ExpertSettings
 from protocols.hello import Binding, Hello
+from protocols.infer_server import ExpertHost
 from protocols.p2p import P2PService, P2PSettings
 from protocols.peers import PeerTable
 
@@ -44,6 +47,7 @@ class Node:
     peers: PeerTable
     p2p: P2PService
     dag: DagService
+    experts: ExpertService
     store: Store
     wall_clock: Callable[[], float] = time.time
     api_port: int = 0
@@ -78,6 +82,7 @@ class Node:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.p2p.run)
                 await nursery.start(self.dag.run)
+                await nursery.start(self.experts.run)
                 app = build_app(self, read_token(self.config.data_dir))
                 self.api_port = await nursery.start(serve_api, app, self.config.api.port)
                 write_atomic(runtime, json.dumps(self.status()) + "\n")
@@ -135,6 +140,14 @@ def build_node(config: NodeConfig, *, wall_clock: Callable[[], float] = time.tim
             dag_params(config.dag), batch_window_s=config.dag.batch_window_ms / 1000
         ),
     )
+    expert_service = ExpertService(
+        host=ExpertHost(load_hosted(config.experts)),
+        p2p=p2p,
+        account=keys.account,
+        host_sign=keys.host.private_key.sign,
+        settings=ExpertSettings(price_per_1k=config.experts.price_per_1k),
+        wall_clock=wall_clock,
+    )
     return Node(
         config=config,
         keys=keys,
@@ -142,6 +155,7 @@ def build_node(config: NodeConfig, *, wall_clock: Callable[[], float] = time.tim
         peers=peers,
         p2p=p2p,
         dag=dag,
+        experts=expert_service,
         store=store,
         wall_clock=wall_clock,
     )

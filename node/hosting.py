@@ -16,8 +16,9 @@ def load_hosted(config: ExpertsConfig) -> list[Expert]:
         if name == "ffn64":
             hosted.append(experts.build_ffn(FFN_DIM, seed=FFN_SEED))
         else:
-            hosted.append(experts.load_generator(
-                name, "int8" if config.precision == "int8" else "f32"))
+            hosted.append(
+                experts.load_generator(name, "int8" if config.precision == "int8" else "f32")
+            )
     return hosted
 
 

@@ -23,9 +23,9 @@ from typing import Any
 import trio
 
 from dag.crypto import Scheme
-from experts import DOMAINS
 from dag.errors import SwarmError
 from dag.genesis import Genesis, GenesisAccount
+from experts import DOMAINS
 from node.client import Client
 from node.datadir import GENESIS, Identity, load_genesis, write_atomic, write_node
 from node.output import table

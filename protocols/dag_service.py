@@ -119,16 +119,20 @@ class DagService:
         subscription = await self.p2p.subscribe(ids.TOPIC_DAG)
         self.p2p.set_handler(ids.DAG_QUERY, self._serve_query)
         self.p2p.set_handler(ids.DAG_SYNC, self._serve_sync)
+
+        def joined(peer: str) -> None:
+            nursery.start_soon(self.sync_from, peer)
+
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            self.p2p.on_member_joined.append(lambda peer: nursery.start_soon(self.sync_from, peer))
             nursery.start_soon(self._gossip_reader, subscription)
             nursery.start_soon(self._poller)
             nursery.start_soon(self._builder)
             for entry in self.p2p.peers.connected_members():
                 nursery.start_soon(self.sync_from, entry.peer_id)
-            task_status.started(self)
-            await trio.sleep_forever()
+            with self.p2p.member_events(joined=joined):
+                task_status.started(self)
+                await trio.sleep_forever()
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run one engine call in a worker thread, then act on the events it produced."""

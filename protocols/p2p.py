@@ -11,7 +11,7 @@ import contextlib
 import logging
 import random
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -48,6 +48,7 @@ HELLO_TIMEOUT_S = 10.0
 DIAL_TIMEOUT_S = 10.0
 PING_TIMEOUT_S = 5.0
 PING_BYTES = 32
+CLOSE_TIMEOUT_S = 2.0
 # The largest pubsub RPC we read: a vertex is kept under 256 KiB, and an RPC may batch a few.
 MAX_PUBSUB_RPC = 4 << 20
 
@@ -171,10 +172,50 @@ class P2PService:
         self._handlers: dict[str, StreamHandler] = {}
         # Called with a peer id when a peer first passes hello (e.g. to sync the DAG from it).
         self.on_member_joined: list[Callable[[str], None]] = []
+        # Called with a peer id when a member's last connection closes.
+        self.on_member_left: list[Callable[[str], None]] = []
 
     # -- running --------------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[P2PService] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the host until cancelled; then close every connection before stopping it.
+
+        Cancelling py-libp2p's tasks leaves their sockets open, so peers would think us
+        alive until the process exits. The stack therefore runs in a shielded scope that
+        outside cancellation cannot reach: on cancellation we first disconnect every peer
+        (peers see us leave at once), then cancel the stack ourselves.
+        """
+        stack_scope = trio.CancelScope(shield=True)
+        stopped = trio.Event()
+
+        async def stack(task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                with stack_scope:
+                    await self._run_stack(task_status)
+            finally:
+                stopped.set()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(stack)
+            task_status.started(self)
+            try:
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True):
+                    with trio.move_on_after(CLOSE_TIMEOUT_S):
+                        await self._disconnect_all()
+                    stack_scope.cancel()
+                    with trio.move_on_after(CLOSE_TIMEOUT_S):
+                        await stopped.wait()
+
+    async def _disconnect_all(self) -> None:
+        if self.host is None:
+            return
+        for peer in list(self.host.get_network().connections):
+            with contextlib.suppress(Exception):
+                await self.host.disconnect(peer)
+
+    async def _run_stack(self, task_status: TaskStatus[None]) -> None:
         listen = [multiaddr.Multiaddr(a) for a in self.settings.listen]
         # Who we stay connected to is decided here (bootstrap loops, peer exchange);
         # py-libp2p's auto-connector would otherwise redial every known peer every 30 s.
@@ -221,8 +262,28 @@ class P2PService:
                 nursery.start_soon(self._ping_loop)
                 for addr in self.settings.bootstrap:
                     nursery.start_soon(self._bootstrap_loop, addr)
-                task_status.started(self)
+                task_status.started()
                 await trio.sleep_forever()
+
+    @contextlib.contextmanager
+    def member_events(
+        self,
+        *,
+        joined: Callable[[str], None] | None = None,
+        left: Callable[[str], None] | None = None,
+    ) -> Iterator[None]:
+        """Call `joined(peer)` / `left(peer)` as members come and go, while the block runs
+        (a service that has stopped must not be called from the host that outlives it)."""
+        pairs = [(self.on_member_joined, joined), (self.on_member_left, left)]
+        for callbacks, callback in pairs:
+            if callback is not None:
+                callbacks.append(callback)
+        try:
+            yield
+        finally:
+            for callbacks, callback in pairs:
+                if callback is not None:
+                    callbacks.remove(callback)
 
     def addrs(self) -> list[str]:
         assert self.host is not None
@@ -393,6 +454,8 @@ class P2PService:
                 entry = self.peers.get(peer)
                 if entry is not None and entry.member:
                     log.info("peer %s (%s) disconnected", entry.name, peer)
+                    for callback in self.on_member_left:
+                        callback(peer)
 
     async def _bootstrap_loop(self, addr: str) -> None:
         """Keep a bootstrap peer connected; an unreachable one is retried with backoff."""

@@ -49,14 +49,18 @@ def make_node_dirs(
     chain_id: str = "test-chain",
     prefix: str = "n",
     validators: int | None = None,
+    hosts: list[list[str]] | None = None,
 ) -> list[Path]:
-    """Data dirs for `count` nodes sharing one genesis; returns their paths."""
+    """Data dirs for `count` nodes sharing one genesis; returns their paths. `hosts[i]`
+    lists the experts node i serves (zoo domains, "ffn64")."""
     identities = [Identity.generate(scheme) for _ in range(count)]
     genesis = make_genesis(identities, chain_id, validators)
     dirs = []
     for i, ident in enumerate(identities):
         data_dir = root / f"{prefix}{i}"
-        write_node(data_dir, ident, name=f"{prefix}{i}", genesis=genesis)
+        write_node(
+            data_dir, ident, name=f"{prefix}{i}", genesis=genesis, host=hosts[i] if hosts else None
+        )
         dirs.append(data_dir)
     return dirs
 

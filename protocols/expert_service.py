@@ -1,0 +1,235 @@
+"""Experts on the network: serve ours, announce them, keep the directory of everyone's.
+
+Our offers go out signed on `swarm/experts/1` at start, on a short refresh, and when they
+change; each expires a few refreshes later, so a provider that stops announcing leaves every
+directory quickly, and one whose connection drops leaves at once. We also register as a
+Kademlia provider under each expert's key and each domain's key (see WIRE.md), so a node
+outside the gossip mesh can find us.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from dag.crypto import SigningKey
+from dag.errors import LocalProtocolError, RemoteProtocolError
+from experts.directory import Directory, Offer
+from protocols import ids
+from protocols.announce import Announcement
+from protocols.errors import NetworkError, map_libp2p_errors
+from protocols.infer_client import InferChannel
+from protocols.infer_server import ExpertHost
+from protocols.inference import Inference
+from protocols.p2p import P2PService
+
+log = logging.getLogger("swarm.experts")
+
+
+@dataclass(frozen=True, slots=True)
+class ExpertSettings:
+    price_per_1k: int = 10
+    announce_every_s: float = 2.0
+    # Receivers drop an offer this long after it was announced unless it is renewed.
+    ttl_s: float = 6.0
+
+
+def dht_key(kind: str, value: str) -> str:
+    """The Kademlia key of an expert id or a domain: a sha2-256 multihash, as hex."""
+    digest = hashlib.sha256(f"/swarm/{kind}/{value}".encode()).hexdigest()
+    return "1220" + digest
+
+
+class ExpertService:
+    def __init__(
+        self,
+        *,
+        host: ExpertHost,
+        p2p: P2PService,
+        account: SigningKey,
+        host_sign: Callable[[bytes], bytes],
+        settings: ExpertSettings,
+        wall_clock: Callable[[], float],
+    ) -> None:
+        self.host = host
+        self.p2p = p2p
+        self.account = account
+        self._host_sign = host_sign
+        self.settings = settings
+        self._wall = wall_clock
+        self.directory = Directory()
+        self._channels: dict[str, InferChannel] = {}
+        self._nursery: trio.Nursery | None = None
+        self._republish = trio.Event()
+        self.announcements_seen = 0
+        self._changed = trio.Event()
+        self.inference = Inference(
+            host=host,
+            directory=self.directory,
+            channel_for=self._channel_for,
+            local_peer=p2p.peer_id,
+            wall_ms=self._now_ms,
+        )
+
+    def _now_ms(self) -> int:
+        return int(self._wall() * 1000)
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        self.p2p.set_handler(ids.INFER, self.host.serve)
+        subscription = await self.p2p.subscribe(ids.TOPIC_EXPERTS)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.host.run)
+            nursery.start_soon(self._reader, subscription)
+            nursery.start_soon(self._announcer)
+            if self.host.experts:
+                nursery.start_soon(self._provide)
+            with self.p2p.member_events(
+                joined=lambda peer: self._republish.set(), left=self._forget
+            ):
+                task_status.started(self)
+                await trio.sleep_forever()
+
+    def _channel_for(self, peer: str) -> InferChannel:
+        channel = self._channels.get(peer)
+        if channel is None:
+            assert self._nursery is not None
+            channel = self._channels[peer] = InferChannel(peer, self.p2p.open_stream, self._nursery)
+        return channel
+
+    def _forget(self, peer: str) -> None:
+        """A provider whose connection dropped leaves the directory at once."""
+        if self.directory.forget(peer):
+            log.info("provider %s left", peer[-8:])
+        self._channels.pop(peer, None)
+
+    def offers(self) -> list[Offer]:
+        return [
+            Offer(
+                expert_id=e.expert_id,
+                domain=e.manifest.domain,
+                kind=e.manifest.kind,
+                price_per_1k=self.settings.price_per_1k,
+                capacity=self.host.limits.queue_per_expert,
+                queue_depth=self.host.queue_depth(e.expert_id),
+                latency_us=int(self.host.latency_s.get(e.expert_id, 0.0) * 1e6),
+            )
+            for e in self.host.experts.values()
+        ]
+
+    async def _announcer(self) -> None:
+        while True:
+            if self.host.experts:
+                await self._announce()
+            with trio.move_on_after(self.settings.announce_every_s):
+                await self._republish.wait()
+            self._republish = trio.Event()
+
+    async def _announce(self) -> None:
+        now_ms = self._now_ms()
+        try:
+            announcement = Announcement.create(
+                peer_id=self.p2p.peer_id,
+                account=self.account,
+                host_sign=self._host_sign,
+                addrs=self.p2p.addrs()[:8],
+                offers=self.offers(),
+                seq=now_ms,
+                issued_ms=now_ms,
+                ttl_ms=int(self.settings.ttl_s * 1000),
+            )
+        except LocalProtocolError as exc:
+            log.error("cannot announce our experts: %s", exc)
+            return
+        try:
+            await self.p2p.publish(ids.TOPIC_EXPERTS, announcement.encode())
+        except NetworkError as exc:
+            log.debug("announce failed: %s", exc)
+
+    async def _reader(self, subscription: Any) -> None:
+        from libp2p.peer.id import ID
+
+        expire_at = trio.current_time() + 1.0
+        while True:
+            with trio.move_on_at(expire_at):
+                message = await subscription.get()
+                # Strict signing: `from_id` is the peer that signed this message, whoever
+                # relayed it, so a bad record is charged to its author.
+                self._take(message.data, ID(message.from_id).to_base58())
+                continue
+            self.directory.expire(self._now_ms())  # at least once a second
+            expire_at = trio.current_time() + 1.0
+
+    def _take(self, data: bytes, sender: str) -> None:
+        try:
+            announcement = Announcement.decode(data, now_ms=self._now_ms(), peer=sender)
+        except RemoteProtocolError as exc:
+            log.info("dropped an announcement from %s: %s", sender, exc)
+            self.p2p.peers.on_misbehaved(sender, str(exc))
+            return
+        if announcement.peer_id == self.p2p.peer_id:
+            return
+        self.announcements_seen += 1
+        if announcement.apply_to(self.directory, self._now_ms()):
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def directory_changed(self) -> None:
+        """Return at the next change an announcement made to the directory."""
+        await self._changed.wait()
+
+    async def _provide(self) -> None:
+        """Register with the DHT as a provider of each expert and domain we serve."""
+        assert self.p2p.dht is not None
+        keys = {dht_key("expert", e.expert_id) for e in self.host.experts.values()}
+        keys |= {dht_key("domain", e.manifest.domain) for e in self.host.experts.values()}
+        for key in sorted(keys):
+            try:
+                with trio.move_on_after(10), map_libp2p_errors():
+                    await self.p2p.dht.provide(key)
+            except NetworkError as exc:
+                log.debug("DHT provide %s failed: %s", key, exc)
+
+    def listing(self) -> dict[str, Any]:
+        """Hosted and known experts, for `swarm-node experts`."""
+        local = [
+            {
+                "expert_id": o.expert_id,
+                "domain": o.domain,
+                "kind": o.kind,
+                "price_per_1k": o.price_per_1k,
+                "queue_depth": o.queue_depth,
+                "latency_ms": o.latency_us / 1000,
+                "provider": "local",
+            }
+            for o in self.offers()
+        ]
+        remote = []
+        for listing in self.directory.providers(now_ms=self._now_ms()):
+            entry = self.p2p.peers.get(listing.provider)
+            stats = listing.stats
+            remote.append(
+                {
+                    "expert_id": listing.offer.expert_id,
+                    "domain": listing.offer.domain,
+                    "kind": listing.offer.kind,
+                    "price_per_1k": listing.offer.price_per_1k,
+                    "queue_depth": listing.offer.queue_depth,
+                    "latency_ms": listing.offer.latency_us / 1000,
+                    "provider": listing.provider,
+                    "provider_name": entry.name if entry else "",
+                    "measured_ms": (
+                        round(stats.latency_s * 1000, 3)
+                        if stats and stats.latency_s is not None
+                        else None
+                    ),
+                    "success": round(stats.success_rate, 3) if stats else None,
+                    "expires_ms": listing.expires_ms,
+                }
+            )
+        return {"local": local, "remote": remote}

@@ -1,0 +1,72 @@
+"""Announcements and peer-to-peer inference over real libp2p hosts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import trio
+
+import experts
+from node.daemon import Node
+from node.hosting import ffn64_id
+from tests.factory import connect_all, make_node_dirs, running_nodes
+
+
+async def knows(node: Node, provider: Node, expert_id: str) -> None:
+    """Wait until `node`'s directory lists `provider` for `expert_id` (announcements)."""
+
+    def listed() -> bool:
+        return any(
+            listing.provider == provider.peer_id
+            for listing in node.experts.directory.providers(
+                expert_id=expert_id, now_ms=node.experts._now_ms()
+            )
+        )
+
+    while not listed():
+        await node.experts.directory_changed()
+
+
+async def test_a_prompt_is_answered_by_the_peer_that_hosts_its_domain(tmp_path: Path) -> None:
+    dirs = make_node_dirs(tmp_path, 3, hosts=[[], ["mathematics"], ["coding"]])
+    math_id = experts.find("mathematics").expert_id
+    with trio.fail_after(60):
+        async with running_nodes(dirs) as nodes:
+            await connect_all(nodes)
+            a, b, _ = nodes
+            await knows(a, b, math_id)
+            answer = await a.experts.inference.generate("457+268=", max_tokens=8)
+            assert answer.provider == b.peer_id and answer.domain == "mathematics"
+            assert answer.text is not None and answer.text.strip() == "725"
+            assert (answer.tokens_in, answer.tokens_out) == (8, len(answer.text.encode()))
+            listing = a.experts.listing()
+            assert any(
+                r["provider"] == b.peer_id and r["domain"] == "mathematics"
+                for r in listing["remote"]
+            )
+
+
+async def test_tensor_call_and_failover_when_a_provider_dies(tmp_path: Path) -> None:
+    dirs = make_node_dirs(tmp_path, 3, hosts=[[], ["ffn64"], ["ffn64"]])
+    ffn = experts.build_ffn(64, seed=0)
+    rows = np.random.default_rng(3).standard_normal((4, 64)).astype(np.float32)
+    with trio.fail_after(60):
+        async with running_nodes(dirs[:1] + dirs[2:]) as (a, c):
+            async with running_nodes(dirs[1:2]) as (b,):
+                await connect_all([a, b, c])
+                await knows(a, b, ffn64_id())
+                await knows(a, c, ffn64_id())
+                answer = await a.experts.inference.tensor(ffn64_id(), rows)
+                assert answer.array is not None
+                np.testing.assert_allclose(answer.array, ffn.forward(rows), rtol=1e-5, atol=1e-5)
+                first = answer.provider
+            # b is gone: it leaves a's directory at once, and calls go to c
+            await a.peers.wait_disconnected(b.peer_id)
+            assert all(
+                listing.provider != b.peer_id
+                for listing in a.experts.directory.providers(now_ms=a.experts._now_ms())
+            )
+            answer = await a.experts.inference.tensor(ffn64_id(), rows, deadline_s=5)
+            assert answer.provider == c.peer_id
+            assert first in (b.peer_id, c.peer_id)
