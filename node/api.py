@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
@@ -180,7 +181,41 @@ def build_app(node: Node, token: str) -> Starlette:
                 await node.dag.wait_for(lambda: _status_in(node, tx_id, decided))
         return {"tx_id": tx_id.hex(), "status": await node.dag.tx_status(tx_id)}
 
+    async def experts_list(request: Request) -> Any:
+        return node.experts.listing()
+
+    async def infer(request: Request) -> Any:
+        body = await _json_body(request)
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            raise ApiError(400, 'body needs a non-empty "prompt"')
+        options = _infer_options(body)
+        started = trio.current_time()
+        answer = await node.experts.inference.generate(prompt, **options)
+        return _answer_doc(node, answer, trio.current_time() - started)
+
+    async def infer_tensor(request: Request) -> Any:
+        body = await _json_body(request, limit=16 << 20)
+        expert = body.get("expert")
+        rows = body.get("rows")
+        if not isinstance(expert, str) or not isinstance(rows, list) or not rows:
+            raise ApiError(400, 'body needs "expert" and "rows" (a list of number lists)')
+        try:
+            array = np.asarray(rows, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ApiError(400, "rows must be a rectangular list of numbers") from None
+        started = trio.current_time()
+        answer = await node.experts.inference.tensor(
+            expert, array, deadline_s=_float_param(str(body.get("deadline_s", 5)), "deadline_s")
+        )
+        doc = _answer_doc(node, answer, trio.current_time() - started)
+        doc["rows"] = answer.array.tolist() if answer.array is not None else None
+        return doc
+
     routes = [
+        Route("/v1/experts", endpoint(experts_list), methods=["GET"]),
+        Route("/v1/infer", endpoint(infer), methods=["POST"]),
+        Route("/v1/infer/tensor", endpoint(infer_tensor), methods=["POST"]),
         Route("/v1/transfer", endpoint(transfer), methods=["POST"]),
         Route("/v1/balance", endpoint(balance), methods=["GET"]),
         Route("/v1/txs", endpoint(submit), methods=["POST"]),
@@ -192,6 +227,54 @@ def build_app(node: Node, token: str) -> Starlette:
         Route("/v1/connect", endpoint(connect), methods=["POST"]),
     ]
     return Starlette(routes=routes)
+
+
+def _infer_options(body: dict[str, Any]) -> dict[str, Any]:
+    """The optional fields of an inference request, checked."""
+    options: dict[str, Any] = {}
+    for key, kind in (
+        ("domain", str),
+        ("expert_id", str),
+        ("max_tokens", int),
+        ("seed", int),
+        ("max_price", int),
+        ("deadline_s", float),
+        ("hedge_after_s", float),
+        ("temperature", float),
+        ("remote_only", bool),
+    ):
+        value = body.get(key)
+        if value is None:
+            continue
+        if kind is float and type(value) is int:
+            value = float(value)
+        if type(value) is not kind:
+            raise ApiError(400, f"{key} must be a {kind.__name__}")
+        options[key] = value
+    if "max_tokens" in options and not 1 <= options["max_tokens"] <= 4096:
+        raise ApiError(400, "max_tokens must be 1..4096")
+    if "deadline_s" in options:
+        options["deadline_s"] = min(max(options["deadline_s"], 0.01), MAX_WAIT_S)
+    return options
+
+
+def _answer_doc(node: Node, answer: Any, elapsed_s: float) -> dict[str, Any]:
+    entry = node.peers.get(answer.provider)
+    return {
+        "text": answer.text,
+        "domain": answer.domain,
+        "expert_id": answer.expert_id,
+        "provider": answer.provider,
+        "provider_name": "this node"
+        if answer.provider == "local"
+        else (entry.name if entry else ""),
+        "tokens_in": answer.tokens_in,
+        "tokens_out": answer.tokens_out,
+        "price_per_1k": answer.price_per_1k,
+        "elapsed_ms": round(elapsed_s * 1000, 2),
+        "attempts": [{"provider": p, "outcome": o} for p, o in answer.attempts],
+        "consensus": answer.consensus,
+    }
 
 
 async def _status_in(node: Node, tx_id: bytes, wanted: tuple[str, ...]) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,40 @@ def _entry_row(entry: experts.ZooEntry) -> dict[str, Any]:
 def cmd_experts(args: argparse.Namespace) -> int:
     action = args.action
     if action == "list":
+        from node.client import Client, DaemonNotRunning
+
+        try:
+            listing = Client(args.data_dir).experts()
+        except DaemonNotRunning:
+            listing = None
+        if listing is not None:
+            rows = listing["local"] + listing["remote"]
+            emit(
+                listing,
+                args.json,
+                table(
+                    [
+                        [
+                            r["expert_id"][:16],
+                            r["domain"],
+                            r["kind"],
+                            r.get("provider_name")
+                            or ("this node" if r["provider"] == "local" else r["provider"][-8:]),
+                            str(r["price_per_1k"]),
+                            f"{r['measured_ms']:.2f}"
+                            if r.get("measured_ms") is not None
+                            else f"{r['latency_ms']:.2f}",
+                        ]
+                        for r in rows
+                    ],
+                    ["ID", "DOMAIN", "KIND", "PROVIDER", "PRICE/1K", "LATENCY MS"],
+                )
+                if rows
+                else "no experts hosted here or announced by peers",
+            )
+            return 0
+        action = "zoo"  # no daemon: show the files this install ships
+    if action == "zoo":
         rows = [_entry_row(e) for e in experts.list_zoo()]
         emit(
             {"experts": rows},
@@ -128,24 +161,60 @@ def cmd_infer_local(args: argparse.Namespace) -> int:
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("experts", parents=[common], help="the micro-experts this node hosts")
     p.add_argument(
-        "action", nargs="?", default="list", choices=["list", "show", "eval", "quantize", "analyze"]
+        "action",
+        nargs="?",
+        default="list",
+        choices=["list", "zoo", "show", "eval", "quantize", "analyze"],
     )
     p.add_argument("target", nargs="?", help="an expert id (8+ hex), a domain, or a file")
     p.add_argument("-o", "--output", help="quantize: where to write the int8 file")
     p.add_argument("-n", type=int, default=500, help="eval: held-out examples")
     p.set_defaults(func=cmd_experts)
 
-    p = sub.add_parser("infer", parents=[common], help="run an inference")
+    p = sub.add_parser("infer", parents=[common], help="ask the mesh (or --local) a question")
     p.add_argument("prompt")
     p.add_argument("--local", action="store_true", help="route and generate here, no network")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--domain", choices=list(experts.DOMAINS))
+    target.add_argument("--expert", help="an expert id")
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--max-price", type=int, help="credits per 1,000 tokens at most")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--deadline", type=float, default=10.0, help="seconds")
     p.set_defaults(func=cmd_infer)
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    if not args.local:
-        print("swarm-node: peer-to-peer inference is not built yet; use --local", file=sys.stderr)
-        return 1
-    return cmd_infer_local(args)
+    if args.local:
+        return cmd_infer_local(args)
+    from node.client import Client
+
+    options: dict[str, Any] = {
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "seed": args.seed,
+        "deadline_s": args.deadline,
+    }
+    if args.domain:
+        options["domain"] = args.domain
+    if args.expert:
+        options["expert_id"] = args.expert
+    if args.max_price is not None:
+        options["max_price"] = args.max_price
+    doc = Client(args.data_dir).infer(args.prompt, **options)
+    who = doc["provider_name"] or doc["provider"]
+    extra = (
+        f"; consensus of {len(doc['consensus']['asked'])}, agreement "
+        f"{doc['consensus']['agreement']:.2f}"
+        if doc["consensus"]
+        else ""
+    )
+    emit(
+        doc,
+        args.json,
+        f"{doc['text']}\n-- {doc['domain']} expert {doc['expert_id'][:16]} "
+        f"on {who}, {doc['tokens_in']} tokens in, {doc['tokens_out']} out, "
+        f"{doc['price_per_1k']} credits/1k, {doc['elapsed_ms']:.1f} ms{extra}",
+    )
+    return 0

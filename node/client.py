@@ -126,3 +126,21 @@ class Client:
         """Submit signed transactions (their canonical bytes); one result each."""
         doc = self.request("POST", "/v1/txs", {"txs": [t.hex() for t in txs]}, timeout_s=120)
         return doc["results"]  # type: ignore[no-any-return]
+
+    def experts(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/experts")
+
+    def infer(self, prompt: str, **options: Any) -> dict[str, Any]:
+        """Peer-to-peer inference through the daemon; `options` as POST /v1/infer takes."""
+        wait = float(options.get("deadline_s", 10.0)) + 30
+        return self.request("POST", "/v1/infer", {"prompt": prompt, **options}, timeout_s=wait)
+
+    def infer_tensor(
+        self, expert_id: str, rows: list[list[float]], *, deadline_s: float = 5.0
+    ) -> dict[str, Any]:
+        return self.request(
+            "POST",
+            "/v1/infer/tensor",
+            {"expert": expert_id, "rows": rows, "deadline_s": deadline_s},
+            timeout_s=deadline_s + 30,
+        )

@@ -74,6 +74,7 @@ class ExpertService:
             channel_for=self._channel_for,
             local_peer=p2p.peer_id,
             wall_ms=self._now_ms,
+            directory_changed=self.directory_changed,
         )
 
     def _now_ms(self) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -29,6 +29,7 @@ from protocols.infer_server import Busy, CallError, ExpertHost
 
 log = logging.getLogger("swarm.infer")
 LOCAL = "local"
+PROVIDER_WAIT_S = 3.0  # how long a call with no known provider waits for an announcement
 
 
 class NoProvider(SwarmError):
@@ -76,6 +77,7 @@ class Inference:
         channel_for: Callable[[str], InferChannel],
         local_peer: str,
         wall_ms: Callable[[], int],
+        directory_changed: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.host = host
         self.directory = directory
@@ -84,6 +86,7 @@ class Inference:
         self._wall_ms = wall_ms
         self._ids = RequestIds()
         self._router: experts.Router | None = None
+        self._directory_changed = directory_changed
 
     @property
     def router(self) -> experts.Router:
@@ -153,10 +156,25 @@ class Inference:
                 self._ids.next(), expert, budget_ms, prompt, max_tokens, temperature, 0, seed
             )
 
-        found = self.candidates(expert_id=expert_id, domain=domain, max_price=max_price)
-        if remote_only:
-            found = [c for c in found if c[0] != LOCAL]
+        def find() -> list[tuple[str, str, int]]:
+            found = self.candidates(expert_id=expert_id, domain=domain, max_price=max_price)
+            return [c for c in found if c[0] != LOCAL] if remote_only else found
+
+        found = await self._await_providers(find, deadline_s)
         return await self._first_answer(found, request, domain or "", deadline_s, hedge_after_s)
+
+    async def _await_providers(
+        self, find: Callable[[], list[tuple[str, str, int]]], deadline_s: float
+    ) -> list[tuple[str, str, int]]:
+        """Candidates now, or once an announcement brings some: a node that has just joined
+        hears its peers' offers within one refresh."""
+        found = find()
+        if found or self._directory_changed is None:
+            return found
+        with trio.move_on_after(min(deadline_s / 2, PROVIDER_WAIT_S)):
+            while not (found := find()):
+                await self._directory_changed()
+        return found
 
     async def tensor(
         self,
@@ -172,9 +190,11 @@ class Inference:
         def request(expert: str, budget_ms: int) -> wire.Request:
             return wire.TensorRequest.of(self._ids.next(), expert, budget_ms, rows)
 
-        found = self.candidates(expert_id=expert_id, kind="tensor")
-        if remote_only:
-            found = [c for c in found if c[0] != LOCAL]
+        def find() -> list[tuple[str, str, int]]:
+            found = self.candidates(expert_id=expert_id, kind="tensor")
+            return [c for c in found if c[0] != LOCAL] if remote_only else found
+
+        found = await self._await_providers(find, deadline_s)
         return await self._first_answer(found, request, "", deadline_s, hedge_after_s)
 
     async def _first_answer(

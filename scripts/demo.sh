@@ -26,8 +26,14 @@ echo
 echo "== node-1: the DAG"
 swarm dag status --data-dir "$MESH_DIR/node-1"
 echo
-echo "== a micro-expert answers, routed by the learned gate (local; peer-to-peer comes next)"
-swarm infer --local "457+268="
+echo "== the experts node-1 can reach: its own, and those its peers announce"
+swarm experts --data-dir "$MESH_DIR/node-1"
+echo
+echo "== node-1 asks the mesh; the router picks mathematics, which node-0 serves"
+swarm infer --data-dir "$MESH_DIR/node-1" "457+268="
+echo
+echo "== and a coding question, answered by whoever serves coding"
+swarm infer --data-dir "$MESH_DIR/node-0" "def add(a, b):" --max-tokens 40
 echo
 echo "== a new node joins the running mesh"
 swarm mesh join --dir "$MESH_DIR"

@@ -205,6 +205,18 @@ def test_mesh_detach_join_refuse_and_stop(tmp_path: Path, daemons: list[Daemon])
         broke = cli("transfer", "--data-dir", n0, "node-1", str(10**9), check=False)
         assert broke.returncode == 1 and "spendable" in broke.stderr
 
+        # peer-to-peer inference through the CLI: node-1 asks, node-0 serves mathematics
+        listed = json.loads(cli("experts", "--data-dir", nodes[1]["data_dir"], "--json").stdout)
+        assert any(
+            r["domain"] == "mathematics" and r["provider"] == nodes[0]["peer_id"]
+            for r in listed["remote"]
+        )
+        answer = json.loads(
+            cli("infer", "--data-dir", nodes[1]["data_dir"], "457+268=", "--json").stdout
+        )
+        assert answer["text"].strip() == "725" and answer["provider"] == nodes[0]["peer_id"]
+        assert answer["domain"] == "mathematics" and answer["tokens_in"] == 8
+
         joined = json.loads(cli("mesh", "join", "--dir", str(mesh), "--json", timeout=120).stdout)
         new = joined["nodes"][0]
         for n in nodes:
