@@ -9,13 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-
-import trio
 
 from dag.crypto import Scheme
 from dag.errors import SwarmError
@@ -60,6 +57,12 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
+    # trio and the node are imported here, not at the top: the client commands (status,
+    # infer, ...) then start in well under 100 ms.
+    import signal
+
+    import trio
+
     from node.daemon import build_node
     from node.logs import setup_logging
 

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import experts
 from dag.errors import SwarmError
+from node.config import EXPERT_CHOICES
 from node.output import emit, table
+
+if TYPE_CHECKING:
+    import experts
+
+# `experts` (and numpy) are imported by the commands that run a model, not when the CLI
+# starts: `swarm-node infer` through the daemon needs neither.
+DOMAIN_CHOICES = [c for c in EXPERT_CHOICES if c != "ffn64"]
 
 
 def _entry_row(entry: experts.ZooEntry) -> dict[str, Any]:
@@ -28,6 +35,8 @@ def _entry_row(entry: experts.ZooEntry) -> dict[str, Any]:
 
 
 def cmd_experts(args: argparse.Namespace) -> int:
+    import experts
+
     action = args.action
     if action == "list":
         from node.client import Client, DaemonNotRunning
@@ -133,6 +142,8 @@ def cmd_experts(args: argparse.Namespace) -> int:
 
 
 def cmd_infer_local(args: argparse.Namespace) -> int:
+    import experts
+
     result = experts.local_infer(
         args.prompt, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed
     )
@@ -175,7 +186,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("prompt")
     p.add_argument("--local", action="store_true", help="route and generate here, no network")
     target = p.add_mutually_exclusive_group()
-    target.add_argument("--domain", choices=list(experts.DOMAINS))
+    target.add_argument("--domain", choices=DOMAIN_CHOICES)
     target.add_argument("--expert", help="an expert id")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--max-price", type=int, help="credits per 1,000 tokens at most")

@@ -12,15 +12,18 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from libp2p.crypto.ed25519 import Ed25519PrivateKey
-from libp2p.crypto.keys import KeyPair
+from typing import TYPE_CHECKING, Any
 
 from dag.crypto import Scheme, SigningKey
 from dag.errors import SwarmError
 from dag.genesis import Genesis, GenesisAccount
 from node.config import CONFIG_FILE, render_config
+
+if TYPE_CHECKING:
+    from libp2p.crypto.keys import KeyPair
+
+# libp2p is imported inside the functions that need it: the CLI's client commands read
+# this module and should start in milliseconds, not in the half second libp2p takes.
 
 HOST_KEY = "host.key"
 ACCOUNT_KEY = "account.key"
@@ -93,6 +96,9 @@ def _read_key_file(path: Path) -> str:
 
 
 def load_host_key(path: Path) -> KeyPair:
+    from libp2p.crypto.ed25519 import Ed25519PrivateKey
+    from libp2p.crypto.keys import KeyPair
+
     text = _read_key_file(path)
     try:
         doc = json.loads(text)
@@ -144,10 +150,13 @@ class Identity:
 
     @classmethod
     def generate(cls, scheme: Scheme = Scheme.ML_DSA_65) -> Identity:
+        from libp2p.crypto.ed25519 import Ed25519PrivateKey
+
         return cls(Ed25519PrivateKey.new().to_bytes(), SigningKey.generate(scheme))
 
     @property
     def peer_id(self) -> str:
+        from libp2p.crypto.ed25519 import Ed25519PrivateKey
         from libp2p.peer.id import ID
 
         return ID.from_pubkey(

@@ -73,3 +73,10 @@ def test_port_in_use_is_found_before_start(tmp_path: Path) -> None:
         )
         with pytest.raises(ConfigError, match=r"network.listen\[0\]"):
             check_ports_free(config)
+
+
+def test_expert_choices_name_every_zoo_domain() -> None:
+    import experts
+    from node.config import EXPERT_CHOICES
+
+    assert [c for c in EXPERT_CHOICES if c != "ffn64"] == list(experts.DOMAINS)

@@ -1,0 +1,249 @@
+"""Benchmark: peer-to-peer inference, next to its floor, all in one run.
+
+1. Two nodes on loopback in one process (tests/factory.py); the caller asks for the built-in
+   ffn expert at D=64, batch 1, through the same client API `swarm-node infer` uses, remote
+   only: sequential p50/p99, then calls per second with 16 concurrent callers. The floor: a
+   plain trio TCP round trip of the same msgpack payload doing the same numpy forward pass.
+2. A 10-process mesh (`swarm-node mesh`): a node joins, and we time until every node lists
+   its offers (announce); then it is killed with SIGKILL and we time until it has left
+   every directory (evict).
+3. A 3-process mesh: 32 generated tokens asked through a daemon's local API, as `swarm-node
+   infer` does (p50 of the call, and of the whole CLI process for reference).
+
+Prints one JSON object: p50_ms, p99_ms, calls_per_s, concurrency, floor_p50_ms,
+ratio_to_floor, announce_p99_s, evict_s, infer32_p50_ms (and a few more).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import experts  # noqa: E402
+from node.client import Client  # noqa: E402
+from node.hosting import FFN_DIM, FFN_SEED, ffn64_id  # noqa: E402
+from protocols.framing import HEADER, FrameDecoder  # noqa: E402
+from tests.factory import connect_all, make_node_dirs, running_nodes  # noqa: E402
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def two_nodes(calls: int, concurrency: int) -> dict[str, float]:
+    rows = np.random.default_rng(0).standard_normal((1, FFN_DIM)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = make_node_dirs(Path(tmp), 2, hosts=[[], ["ffn64"]])
+        async with running_nodes(dirs) as (caller, provider):
+            await connect_all([caller, provider])
+            inference, expert_id = caller.experts.inference, ffn64_id()
+            await inference.tensor(expert_id, rows, remote_only=True)  # warm: stream open
+            latencies = []
+            for _ in range(calls):
+                start = time.perf_counter()
+                await inference.tensor(expert_id, rows, remote_only=True)
+                latencies.append((time.perf_counter() - start) * 1000)
+            done = 0
+            start = time.perf_counter()
+
+            async def worker() -> None:
+                nonlocal done
+                while done < calls * 2:
+                    done += 1
+                    await inference.tensor(expert_id, rows, remote_only=True)
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(concurrency):
+                    nursery.start_soon(worker)
+            rate = done / (time.perf_counter() - start)
+    return {"p50_ms": pct(latencies, 0.5), "p99_ms": pct(latencies, 0.99), "calls_per_s": rate}
+
+
+async def floor(calls: int) -> float:
+    """A plain trio TCP round trip: msgpack in, the same ffn pass, msgpack out."""
+    ffn = experts.build_ffn(FFN_DIM, seed=FFN_SEED)
+    rows = np.random.default_rng(0).standard_normal((1, FFN_DIM)).astype(np.float32)
+
+    async def serve(stream: trio.SocketStream) -> None:
+        decoder = FrameDecoder()
+        while data := await stream.receive_some(65536):
+            decoder.feed(data)
+            while (payload := decoder.next_frame()) is not None:
+                body = msgpack.unpackb(payload)
+                x = np.frombuffer(body["data"], dtype="<f4").reshape(body["rows"], body["cols"])
+                out = ffn.forward(x).astype("<f4").tobytes()
+                reply = msgpack.packb({"t": "array", "id": body["id"], "data": out})
+                await stream.send_all(HEADER.pack(len(reply)) + reply)
+
+    latencies = []
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        decoder = FrameDecoder()
+        for i in range(calls + 1):
+            start = time.perf_counter()
+            body = msgpack.packb(
+                {"t": "tensor", "id": i, "rows": 1, "cols": FFN_DIM, "data": rows.tobytes()}
+            )
+            await stream.send_all(HEADER.pack(len(body)) + body)
+            while decoder.next_frame() is None:
+                decoder.feed(await stream.receive_some(65536))
+            if i:
+                latencies.append((time.perf_counter() - start) * 1000)
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+    return pct(latencies, 0.5)
+
+
+def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "node", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+
+
+def listed_everywhere(clients: list[Client], peer: str, present: bool) -> bool:
+    for client in clients:
+        providers = {r["provider"] for r in client.experts()["remote"]}
+        if (peer in providers) != present:
+            return False
+    return True
+
+
+def mesh_announce_evict(nodes: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        mesh = Path(tmp) / "mesh"
+        cli("mesh", "--nodes", str(nodes), "--dir", str(mesh), "--detach", "--scheme", "ed25519")
+        try:
+            members = json.loads((mesh / "mesh.json").read_text())["nodes"]
+            clients = [Client(Path(n["data_dir"])) for n in members]
+            start = time.monotonic()
+            joined = json.loads(cli("mesh", "join", "--dir", str(mesh), "--json").stdout)
+            new = joined["nodes"][0]
+            seen: list[float] = []
+            pending = list(clients)
+            while pending and time.monotonic() - start < 60:
+                for client in list(pending):
+                    if new["peer_id"] in {r["provider"] for r in client.experts()["remote"]}:
+                        seen.append(time.monotonic() - start)
+                        pending.remove(client)
+                time.sleep(0.02)  # a benchmark's sampling interval, not a test's wait
+            join_s = seen[0] if seen else float("nan")
+            os.kill(new["pid"], signal.SIGKILL)
+            killed = time.monotonic()
+            while not listed_everywhere(clients, new["peer_id"], present=False):
+                if time.monotonic() - killed > 60:
+                    break
+                time.sleep(0.02)
+            evict = time.monotonic() - killed
+        finally:
+            subprocess.run(
+                [sys.executable, "-m", "node", "mesh", "stop", "--dir", str(mesh)],
+                capture_output=True,
+                check=False,
+            )
+    # Announce latency: from the joined node's first announcement reaching one node (the
+    # start of propagation) to the last node listing it.
+    spread = [s - join_s for s in seen]
+    return {
+        "announce_p99_s": pct(spread, 0.99) if spread else float("nan"),
+        "announce_first_s": join_s,
+        "evict_s": evict,
+    }
+
+
+def infer32(calls: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        mesh = Path(tmp) / "mesh"
+        cli("mesh", "--nodes", "3", "--dir", str(mesh), "--detach")
+        try:
+            # node-1 asks; the language expert (which writes on to max_tokens) is on node-2
+            client = Client(mesh / "node-1")
+            prompt = "The module provides "
+            client.infer(prompt, max_tokens=32, domain="language", remote_only=True)
+            api = []
+            for i in range(calls):
+                start = time.perf_counter()
+                doc = client.infer(
+                    prompt,
+                    max_tokens=32,
+                    seed=i,
+                    temperature=0.8,
+                    domain="language",
+                    remote_only=True,
+                )
+                api.append((time.perf_counter() - start) * 1000)
+            whole = []
+            for _ in range(5):
+                start = time.perf_counter()
+                cli(
+                    "infer",
+                    "--data-dir",
+                    str(mesh / "node-1"),
+                    prompt,
+                    "--domain",
+                    "language",
+                    "--max-tokens",
+                    "32",
+                )
+                whole.append((time.perf_counter() - start) * 1000)
+        finally:
+            subprocess.run(
+                [sys.executable, "-m", "node", "mesh", "stop", "--dir", str(mesh)],
+                capture_output=True,
+                check=False,
+            )
+    return {
+        "infer32_p50_ms": pct(api, 0.5),
+        "infer32_cli_p50_ms": pct(whole, 0.5),
+        "infer32_tokens_out": doc["tokens_out"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--mesh-nodes", type=int, default=10)
+    args = parser.parse_args()
+    result: dict[str, Any] = trio.run(two_nodes, args.calls, args.concurrency)
+    floor_p50 = trio.run(floor, args.calls)
+    result.update(
+        concurrency=args.concurrency,
+        floor_p50_ms=floor_p50,
+        ratio_to_floor=result["p50_ms"] / floor_p50,
+    )
+    result.update(mesh_announce_evict(args.mesh_nodes))
+    result.update(infer32(50))
+    result["targets"] = {
+        "p50_ms": 1.0,
+        "calls_per_s": 2500,
+        "announce_p99_s": 2,
+        "evict_s": 10,
+        "infer32_p50_ms": 100,
+    }
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
+
+
+if __name__ == "__main__":
+    main()
