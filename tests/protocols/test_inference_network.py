@@ -70,3 +70,44 @@ async def test_tensor_call_and_failover_when_a_provider_dies(tmp_path: Path) -> 
             answer = await a.experts.inference.tensor(ffn64_id(), rows, deadline_s=5)
             assert answer.provider == c.peer_id
             assert first in (b.peer_id, c.peer_id)
+
+
+async def test_a_provider_killed_mid_request_is_replaced_within_the_deadline(
+    tmp_path: Path,
+) -> None:
+    dirs = make_node_dirs(tmp_path, 3, hosts=[[], ["mathematics"], ["mathematics"]])
+    math_id = experts.find("mathematics").expert_id
+    answers = []
+    with trio.fail_after(60):
+        # b gets its own block: leaving it stops b while a's call is still open
+        ac, b_only = [dirs[0], dirs[2]], dirs[1:2]
+        async with running_nodes(ac) as (a, c), trio.open_nursery() as nursery:  # noqa: SIM117
+            async with running_nodes(b_only) as (b,):
+                await connect_all([a, b, c])
+                await knows(a, b, math_id)
+                await knows(a, c, math_id)
+                # b takes the call and never answers; c answers at once
+                arrived = trio.Event()
+
+                async def hang(request: object) -> object:
+                    arrived.set()
+                    await trio.sleep_forever()
+                    raise AssertionError("unreachable")
+
+                b.experts.host.call = hang  # type: ignore[method-assign]
+                # rank b first so the call goes to it
+                a.experts.directory.record(c.peer_id, math_id, ok=False, latency_s=1.0)
+
+                async def ask() -> None:
+                    answers.append(
+                        await a.experts.inference.generate(
+                            "457+268=", domain="mathematics", deadline_s=20
+                        )
+                    )
+
+                nursery.start_soon(ask)
+                await arrived.wait()
+            # b stopped with the call open: a's call fails over to c
+    (answer,) = answers
+    assert answer.provider == c.peer_id and answer.text is not None
+    assert [p for p, _ in answer.attempts] == [b.peer_id, c.peer_id]
