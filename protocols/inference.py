@@ -211,6 +211,15 @@ class Inference:
             )
         race = _Race()
         deadline = trio.current_time() + deadline_s
+        if hedge_after_s is None or len(found) == 1:
+            # No hedging: try the candidates in turn, with no task to spawn per call.
+            for candidate in found:
+                if trio.current_time() >= deadline:
+                    break
+                answer = await self._try(candidate, request, domain, deadline, race)
+                if answer is not None:
+                    return replace(answer, attempts=tuple(race.attempts))
+            raise self._failed(race, deadline_s)
         queue = iter(found)  # shared by the runners: each candidate is tried once
         with trio.move_on_at(deadline):
             async with trio.open_nursery() as nursery:
@@ -230,11 +239,15 @@ class Inference:
                     await trio.sleep(hedge_after_s)
                     nursery.start_soon(runner)
         if race.winner is None:
-            detail = "; ".join(f"{p[:12]}: {why}" for p, why in race.attempts) or "deadline"
-            raise InferenceFailed(
-                f"no provider answered within {deadline_s:.1f} s ({detail})", race.attempts
-            )
+            raise self._failed(race, deadline_s)
         return replace(race.winner, attempts=tuple(race.attempts))
+
+    @staticmethod
+    def _failed(race: _Race, deadline_s: float) -> InferenceFailed:
+        detail = "; ".join(f"{p[:12]}: {why}" for p, why in race.attempts) or "deadline"
+        return InferenceFailed(
+            f"no provider answered within {deadline_s:.1f} s ({detail})", race.attempts
+        )
 
     async def _try(
         self,

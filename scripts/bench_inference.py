@@ -2,8 +2,9 @@
 
 1. Two nodes on loopback in one process (tests/factory.py); the caller asks for the built-in
    ffn expert at D=64, batch 1, through the same client API `swarm-node infer` uses, remote
-   only: sequential p50/p99, then calls per second with 16 concurrent callers. The floor: a
-   plain trio TCP round trip of the same msgpack payload doing the same numpy forward pass.
+   only: sequential p50/p99, then calls per second with 16 concurrent callers. The same again
+   (`*_2proc`) with the provider a daemon in its own process, as a real mesh has it. The
+   floor: a plain trio TCP round trip of the same msgpack payload and numpy forward pass.
 2. A 10-process mesh (`swarm-node mesh`): a node joins, and we time until every node lists
    its offers (announce); then it is killed with SIGKILL and we time until it has left
    every directory (evict).
@@ -36,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import experts  # noqa: E402
 from node.client import Client  # noqa: E402
+from node.datadir import Identity, load_genesis, write_node  # noqa: E402
 from node.hosting import FFN_DIM, FFN_SEED, ffn64_id  # noqa: E402
 from protocols.framing import HEADER, FrameDecoder  # noqa: E402
 from tests.factory import connect_all, make_node_dirs, running_nodes  # noqa: E402
@@ -73,6 +75,52 @@ async def two_nodes(calls: int, concurrency: int) -> dict[str, float]:
                     nursery.start_soon(worker)
             rate = done / (time.perf_counter() - start)
     return {"p50_ms": pct(latencies, 0.5), "p99_ms": pct(latencies, 0.99), "calls_per_s": rate}
+
+
+async def two_processes(calls: int, concurrency: int) -> dict[str, float]:
+    """The same calls with the provider a daemon in its own process (its own core)."""
+    rows = np.random.default_rng(0).standard_normal((1, FFN_DIM)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        mesh = Path(tmp) / "mesh"
+        cli("mesh", "--nodes", "1", "--dir", str(mesh), "--detach")
+        try:
+            provider = json.loads((mesh / "mesh.json").read_text())["nodes"][0]
+            genesis = load_genesis(mesh / "genesis.json")
+            data_dir = Path(tmp) / "caller"
+            write_node(data_dir, Identity.generate(), name="caller", genesis=genesis)
+            async with running_nodes([data_dir]) as (caller,):
+                await caller.p2p.connect(provider["addr"])
+                inference, expert_id = caller.experts.inference, ffn64_id()
+                await inference.tensor(expert_id, rows, remote_only=True)
+                latencies = []
+                for _ in range(calls):
+                    start = time.perf_counter()
+                    await inference.tensor(expert_id, rows, remote_only=True)
+                    latencies.append((time.perf_counter() - start) * 1000)
+                done = 0
+                start = time.perf_counter()
+
+                async def worker() -> None:
+                    nonlocal done
+                    while done < calls * 2:
+                        done += 1
+                        await inference.tensor(expert_id, rows, remote_only=True)
+
+                async with trio.open_nursery() as nursery:
+                    for _ in range(concurrency):
+                        nursery.start_soon(worker)
+                rate = done / (time.perf_counter() - start)
+        finally:
+            subprocess.run(
+                [sys.executable, "-m", "node", "mesh", "stop", "--dir", str(mesh)],
+                capture_output=True,
+                check=False,
+            )
+    return {
+        "p50_ms_2proc": pct(latencies, 0.5),
+        "p99_ms_2proc": pct(latencies, 0.99),
+        "calls_per_s_2proc": rate,
+    }
 
 
 async def floor(calls: int) -> float:
@@ -227,6 +275,7 @@ def main() -> None:
     parser.add_argument("--mesh-nodes", type=int, default=10)
     args = parser.parse_args()
     result: dict[str, Any] = trio.run(two_nodes, args.calls, args.concurrency)
+    result.update(trio.run(two_processes, args.calls, args.concurrency))
     floor_p50 = trio.run(floor, args.calls)
     result.update(
         concurrency=args.concurrency,
