@@ -111,3 +111,44 @@ async def test_a_provider_killed_mid_request_is_replaced_within_the_deadline(
     (answer,) = answers
     assert answer.provider == c.peer_id and answer.text is not None
     assert [p for p, _ in answer.attempts] == [b.peer_id, c.peer_id]
+
+
+async def test_hedging_races_a_second_provider_past_a_slow_one(tmp_path: Path) -> None:
+    dirs = make_node_dirs(tmp_path, 3, hosts=[[], ["mathematics"], ["mathematics"]])
+    math_id = experts.find("mathematics").expert_id
+    with trio.fail_after(60):
+        async with running_nodes(dirs) as (a, b, c):
+            await connect_all([a, b, c])
+            await knows(a, b, math_id)
+            await knows(a, c, math_id)
+            slow = trio.Event()
+
+            async def hang(request: object) -> object:
+                slow.set()
+                await trio.sleep_forever()
+                raise AssertionError("unreachable")
+
+            b.experts.host.call = hang  # type: ignore[method-assign]
+            a.experts.directory.record(c.peer_id, math_id, ok=False, latency_s=1.0)  # b first
+            answer = await a.experts.inference.generate(
+                "457+268=", domain="mathematics", deadline_s=30, hedge_after_s=0.2
+            )
+            assert slow.is_set() and answer.provider == c.peer_id
+            assert answer.text is not None and answer.text.strip() == "725"
+            assert b.peer_id in {e.peer_id for e in a.peers.connected_members()}
+
+
+async def test_an_unsure_router_asks_three_domains_and_combines(tmp_path: Path) -> None:
+    dirs = make_node_dirs(tmp_path, 2, hosts=[[], list(experts.DOMAINS)])
+    prompt = "compute 12+7 in python"
+    decision = experts.load_router(experts.zoo.zoo_path("router")).decide(prompt)
+    assert decision.consensus  # the gate is unsure about this one (see experts/router.py)
+    with trio.fail_after(60):
+        async with running_nodes(dirs) as (a, b):
+            await connect_all([a, b])
+            await knows(a, b, experts.find("coding").expert_id)
+            answer = await a.experts.inference.generate(prompt, max_tokens=16)
+    assert answer.consensus is not None
+    asked = {entry["domain"] for entry in answer.consensus["asked"]}
+    assert asked == {route.domain for route in decision.routes}
+    assert answer.domain in asked and answer.provider == b.peer_id
