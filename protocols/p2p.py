@@ -35,6 +35,7 @@ from dag.errors import RemoteProtocolError, SwarmError
 from protocols import ids
 from protocols.errors import NetworkError, PeerRefused, PeerTimeout, map_libp2p_errors
 from protocols.hello import MAX_KNOWN, Hello, initiate_hello, serve_hello
+from protocols.libp2p_fixes import guard_pubsub_streams, install_signed_record_cache
 from protocols.peers import PeerEntry, PeerTable
 from protocols.stream import Libp2pStream, Stream
 
@@ -93,64 +94,6 @@ class _Notifee(INotifee):
 
     async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
         pass
-
-
-def install_signed_record_cache() -> None:
-    """Make py-libp2p's gossipsub check each peer's signed peer record once, not per RPC.
-
-    py-libp2p attaches the sender's signed peer record to every pubsub RPC and the receiver
-    verifies it (an Ed25519 check and a peerstore write) every time; it changes only when
-    the peer's addresses do. We keep the last record that verified, per host and peer, and
-    skip the check for the same bytes. Installing twice is harmless.
-    """
-    import libp2p.pubsub.gossipsub as gossipsub
-    import libp2p.pubsub.pubsub as pubsub
-
-    original = gossipsub.maybe_consume_signed_record  # type: ignore[attr-defined]
-    if getattr(original, "swarm_cached", False):
-        return
-    verified: dict[tuple[int, ID], bytes] = {}
-
-    def cached(msg: Any, host: IHost, peer_id: ID) -> bool:
-        if not msg.HasField("senderRecord"):
-            return True
-        key, record = (id(host), peer_id), msg.senderRecord
-        if verified.get(key) == record:
-            return True
-        ok = bool(original(msg, host, peer_id))
-        if ok:
-            if len(verified) > 10_000:
-                verified.clear()
-            verified[key] = record
-        return ok
-
-    cached.swarm_cached = True  # type: ignore[attr-defined]
-    # Both modules imported the function by name; both call sites are replaced.
-    gossipsub.maybe_consume_signed_record = cached  # type: ignore[attr-defined]
-    pubsub.maybe_consume_signed_record = cached  # type: ignore[attr-defined]
-
-
-def guard_pubsub_streams(host: IHost, pubsub: Pubsub, protocols: list[TProtocol]) -> None:
-    """Keep a malformed pubsub RPC from taking the whole node down.
-
-    py-libp2p's pubsub stream handler lets a protobuf `DecodeError` or an oversized frame
-    (`MessageTooLarge`) escape into the connection's nursery, which ends the process. Here
-    such a stream is reset and its peer dropped from pubsub, as py-libp2p does for the
-    errors it does catch; the connection and every other protocol carry on.
-    """
-
-    async def guarded(stream: INetStream) -> None:
-        peer = stream.muxed_conn.peer_id
-        try:
-            await pubsub.stream_handler(stream)
-        except Exception as exc:  # whatever a peer's bytes make the library raise
-            log.info("dropped the pubsub stream of %s: %s: %s", peer, type(exc).__name__, exc)
-            with contextlib.suppress(Exception):
-                await stream.reset()
-            pubsub._handle_dead_peer(peer)
-
-    for protocol in protocols:
-        host.set_stream_handler(protocol, guarded)
 
 
 class P2PService:
