@@ -8,6 +8,7 @@ gossip reader, the poller, the vertex builder, and the stream handlers peers cal
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -376,8 +377,9 @@ class DagService:
                 self._nursery.start_soon(self._ask, account, asks)
             if not polls and await self._call(self.engine.needs_vertex):
                 self._kick_builder.set()
+            # Open polls need their deadlines checked; with none, wait for something to do.
             busy = bool(polls) or self.engine.avalanche.stats()["polls"] > 0
-            with trio.move_on_after(params.query_timeout_s / 4 if busy else 1.0):
+            with trio.move_on_after(params.query_timeout_s / 4 if busy else math.inf):
                 await self._kick_poller.wait()
             self._kick_poller = trio.Event()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
-import trio.testing
 
 from dag.errors import RemoteProtocolError
 from protocols.errors import NetworkError, PeerTimeout, map_libp2p_errors
@@ -91,6 +90,9 @@ class MemoryStream:
 
 def memory_stream_pair(a: str = "peer-a", b: str = "peer-b") -> tuple[MemoryStream, MemoryStream]:
     """Two connected fake streams: the first is `a`'s end (its remote is `b`), and back."""
+    # Imported here: trio.testing costs a running node 6 MB it never uses.
+    import trio.testing
+
     left, right = trio.testing.memory_stream_pair()
     return MemoryStream(left, remote_peer=b), MemoryStream(right, remote_peer=a)
 
