@@ -153,12 +153,14 @@ class Engine:
     def _receive(self, vertex: Vertex, now_ms: int, *, verify: bool) -> Received:
         if self._known(vertex.id):
             return Received(vertex.id, "known")
+        if verify:
+            # Before "missing" too: a forged vertex must not get a peer to hold it or to go
+            # fetching parents for it.
+            vertex.verify()
         missing = tuple(p for p in vertex.parents if not self._known(p))
         if missing:
             return Received(vertex.id, "missing", missing)
         vertex.check_time(now_ms, (self._timestamp(p) for p in vertex.parents))
-        if verify:
-            vertex.verify()
         self._check_fresh(vertex.txs)
         self.store.put_vertex(vertex.id, vertex.to_bytes(), vertex.timestamp_ms)
         self._admit(vertex)

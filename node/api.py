@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -204,6 +205,8 @@ def build_app(node: Node, token: str) -> Starlette:
             array = np.asarray(rows, dtype=np.float32)
         except (TypeError, ValueError):
             raise ApiError(400, "rows must be a rectangular list of numbers") from None
+        if array.ndim != 2 or not np.isfinite(array).all():
+            raise ApiError(400, "rows must be a list of equally long lists of finite numbers")
         started = trio.current_time()
         answer = await node.experts.inference.tensor(
             expert, array, deadline_s=_float_param(str(body.get("deadline_s", 5)), "deadline_s")
@@ -250,6 +253,10 @@ def _infer_options(body: dict[str, Any]) -> dict[str, Any]:
             value = float(value)
         if type(value) is not kind:
             raise ApiError(400, f"{key} must be a {kind.__name__}")
+        if isinstance(value, float) and not (math.isfinite(value) and value >= 0):
+            raise ApiError(400, f"{key} must be a finite number >= 0")
+        if type(value) is int and not 0 <= value < 2**63:
+            raise ApiError(400, f"{key} must be in 0..2**63-1")
         options[key] = value
     if "max_tokens" in options and not 1 <= options["max_tokens"] <= 4096:
         raise ApiError(400, "max_tokens must be 1..4096")
@@ -282,9 +289,16 @@ async def _status_in(node: Node, tx_id: bytes, wanted: tuple[str, ...]) -> bool:
 
 
 async def _json_body(request: Request, limit: int = 1 << 20) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > limit:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body over {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():  # stop reading as soon as the limit is passed
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body over {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         body = json.loads(raw or b"{}")
     except ValueError as exc:
@@ -309,6 +323,8 @@ def _float_param(text: str, name: str) -> float:
         value = float(text)
     except ValueError:
         raise ApiError(400, f"{name} must be a number") from None
+    if not math.isfinite(value):
+        raise ApiError(400, f"{name} must be a finite number")
     return min(max(value, 0.0), MAX_WAIT_S)
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 
 class OrphanPool:
-    """A bounded pool; a vertex leaves it once every parent it waited for has been added."""
+    """A pool bounded in count and bytes; a vertex leaves it once every parent it waited for
+    has been added. Only vertices whose signatures verified are parked (see Engine)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, max_bytes: int = 64 << 20) -> None:
         self.limit = limit
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._parked: dict[bytes, tuple[bytes, str | None, set[bytes]]] = {}
         self._blocked_on: dict[bytes, set[bytes]] = {}
 
@@ -18,9 +21,14 @@ class OrphanPool:
         self, vertex_id: bytes, data: bytes, peer: str | None, missing: tuple[bytes, ...]
     ) -> bool:
         """Keep a vertex until `missing` arrive; False if it is already here or the pool full."""
-        if vertex_id in self._parked or len(self._parked) >= self.limit:
+        if (
+            vertex_id in self._parked
+            or len(self._parked) >= self.limit
+            or self.bytes + len(data) > self.max_bytes
+        ):
             return False
         self._parked[vertex_id] = (data, peer, set(missing))
+        self.bytes += len(data)
         for parent in missing:
             self._blocked_on.setdefault(parent, set()).add(vertex_id)
         return True
@@ -37,5 +45,6 @@ class OrphanPool:
             missing.discard(vertex_id)
             if not missing:
                 del self._parked[child]
+                self.bytes -= len(data)
                 ready.append((data, peer))
         return ready

@@ -21,7 +21,7 @@ from libp2p.peer.id import ID
 from dag.avalanche import VertexAccepted
 from dag.crypto import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, SigningKey
 from dag.engine import Engine, Event, Received, TxAccepted, TxApplied, TxRejected
-from dag.errors import RemoteProtocolError, SwarmError
+from dag.errors import RemoteProtocolError, ReplayedNonce, SwarmError
 from dag.kinds import transfer_payload
 from dag.params import Params
 from dag.tx import Transaction
@@ -97,6 +97,7 @@ class DagService:
         self._kick_poller = trio.Event()
         self._kick_builder = trio.Event()
         self._mempool: list[Transaction] = []
+        self._queued: set[tuple[bytes, int]] = set()  # (account, nonce) of what the mempool holds
         self._waits: dict[bytes, _TxWait] = {}
         self._seen: dict[bytes, float] = {}  # vertex id -> when we first held it
         self._orphans = OrphanPool(MAX_ORPHANS)
@@ -199,17 +200,33 @@ class DagService:
             return verdicts
 
         verdicts = await self._call(check)
-        async with trio.open_nursery() as nursery:
-            for tx, verdict in zip(txs, verdicts, strict=True):
-                if verdict == "stored":
-                    nursery.start_soon(self._enqueue, tx)
-        return verdicts
+        waits = []
+        for i, (tx, verdict) in enumerate(zip(txs, verdicts, strict=True)):
+            if verdict == "stored":
+                try:
+                    waits.append(self._queue(tx))
+                except SwarmError as exc:
+                    verdicts[i] = f"refused: {exc}"
+        for wait in waits:
+            await wait.stored.wait()
+        return [v if not v.startswith("stored") else "stored" for v in verdicts]
 
-    async def _enqueue(self, tx: Transaction) -> bytes:
-        wait = self._waits.setdefault(tx.id, _TxWait(submitted=trio.current_time()))
+    def _queue(self, tx: Transaction) -> _TxWait:
+        """Put `tx` in the mempool once; a second transaction for its (account, nonce) while
+        the first waits there is refused, since one vertex may not hold both."""
+        wait = self._waits.get(tx.id)
+        if wait is not None:
+            return wait  # the same transaction again: wait with the first submitter
+        if tx.conflict_key in self._queued:
+            raise ReplayedNonce(f"nonce {tx.nonce} of this account is already queued here")
+        wait = self._waits[tx.id] = _TxWait(submitted=trio.current_time())
+        self._queued.add(tx.conflict_key)
         self._mempool.append(tx)
         self._kick_builder.set()
-        await wait.stored.wait()
+        return wait
+
+    async def _enqueue(self, tx: Transaction) -> bytes:
+        await self._queue(tx).stored.wait()
         return tx.id
 
     async def wait_for(self, check: Callable[[], Awaitable[bool]]) -> None:
@@ -273,6 +290,7 @@ class DagService:
     async def _fetch_missing(self, peer: str | None, wanted: list[bytes]) -> None:
         """Parents a parked vertex lacks: give gossip a moment to bring them, then fetch
         them from the peer that sent the child, else from other members."""
+        asked = list(wanted)
         try:
             # Gossip usually delivers a parent within this grace; a fetch costs a new stream.
             await trio.sleep(ORPHAN_GRACE_S)
@@ -284,7 +302,7 @@ class DagService:
                     return
                 await self._fetch_vertices(source, wanted)
         finally:
-            self._fetching.difference_update(wanted)
+            self._fetching.difference_update(asked)
 
     async def _fetch_vertices(
         self, peer: str, wanted: list[bytes], *, ancestry: bool = False
@@ -378,7 +396,7 @@ class DagService:
             if not polls and await self._call(self.engine.needs_vertex):
                 self._kick_builder.set()
             # Open polls need their deadlines checked; with none, wait for something to do.
-            busy = bool(polls) or self.engine.avalanche.stats()["polls"] > 0
+            busy = bool(polls) or self.engine.avalanche.outstanding_polls > 0  # a len()
             with trio.move_on_after(params.query_timeout_s / 4 if busy else math.inf):
                 await self._kick_poller.wait()
             self._kick_poller = trio.Event()
@@ -437,19 +455,24 @@ class DagService:
         return batch
 
     async def _build(self, batch: list[Transaction]) -> None:
+        for tx in batch:
+            self._queued.discard(tx.conflict_key)
         try:
             vertex = await self._call(self.engine.build_vertex, self.key, batch, self._now_ms())
         except SwarmError as exc:
-            # A transaction went stale in the queue (its nonce got decided): drop the batch's
-            # stale ones, tell their submitters, keep the rest.
+            # Something in the batch went stale while it queued (its nonce got decided by a
+            # vertex from elsewhere): fail just those transactions, queue the rest again.
             log.warning("could not build a vertex: %s", exc)
-            self._next_nonce = None  # recount: a dropped transaction must not leave a gap
-            for tx in batch:
-                wait = self._waits.pop(tx.id, None)
-                if wait is not None:
-                    wait.outcome = f"failed: {exc}"
+            verdicts = await self._call(self._recheck, batch)
+            for tx, problem in zip(batch, verdicts, strict=True):
+                if problem is None:
+                    self._queue_again(tx)
+                elif (wait := self._waits.pop(tx.id, None)) is not None:
+                    wait.outcome = f"failed: {problem}"
                     wait.stored.set()
                     wait.decided.set()
+                    if tx.account == self.key.account_id:
+                        self._next_nonce = None  # recount: our dropped tx must leave no gap
             return
         now = trio.current_time()
         self._seen[vertex.id] = now
@@ -458,6 +481,21 @@ class DagService:
                 wait.stored.set()
         self._kick_poller.set()
         await self.p2p.publish(ids.TOPIC_DAG, vertex.to_bytes())
+
+    def _recheck(self, batch: list[Transaction]) -> list[str | None]:
+        problems: list[str | None] = []
+        for tx in batch:
+            try:
+                self.engine.check_transaction(tx)
+                problems.append(None)
+            except SwarmError as exc:
+                problems.append(str(exc))
+        return problems
+
+    def _queue_again(self, tx: Transaction) -> None:
+        self._queued.add(tx.conflict_key)
+        self._mempool.append(tx)
+        self._kick_builder.set()
 
     # -- events ---------------------------------------------------------------------------
 

@@ -110,7 +110,9 @@ class ExpertService:
         """A provider whose connection dropped leaves the directory at once."""
         if self.directory.forget(peer):
             log.info("provider %s left", peer[-8:])
-        self._channels.pop(peer, None)
+        channel = self._channels.pop(peer, None)
+        if channel is not None and self._nursery is not None:
+            self._nursery.start_soon(channel.aclose)
 
     def offers(self) -> list[Offer]:
         return [

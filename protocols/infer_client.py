@@ -68,7 +68,15 @@ class InferChannel:
         pending = self._pending[request.id] = _Pending()
         try:
             async with self._send_lock:
-                await framed.send(request.encode())
+                sent = False
+                try:
+                    await framed.send(request.encode())
+                    sent = True
+                finally:
+                    if not sent:
+                        # Cancelled or failed part-way through a frame: the stream's framing
+                        # is broken for every later call, so it goes.
+                        self._drop(framed)
             await pending.done.wait()
         except NetworkError:
             self._drop(framed)

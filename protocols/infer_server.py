@@ -173,17 +173,25 @@ class ExpertHost:
                     break
                 if body is None:
                     break
+                refusal: wire.ErrorResult | None = None
                 try:
                     request = wire.decode_request(body, peer=peer)
                 except RemoteProtocolError as exc:
                     raw_id = body.get("id")
                     request_id = raw_id if isinstance(raw_id, int) and raw_id >= 0 else 0
-                    await answer(wire.ErrorResult(request_id, "bad_input", str(exc)))
-                    continue
-                if self._inflight[peer] >= self.limits.inflight_per_peer:
-                    await answer(
-                        wire.ErrorResult(request.id, "busy", "too many calls open from this peer")
-                    )
+                    refusal = wire.ErrorResult(request_id, "bad_input", str(exc))
+                else:
+                    if self._inflight[peer] >= self.limits.inflight_per_peer:
+                        refusal = wire.ErrorResult(
+                            request.id, "busy", "too many calls open from this peer"
+                        )
+                if refusal is not None:
+                    try:
+                        await answer(refusal)
+                    except (NetworkError, PeerTimeout) as exc:
+                        failure = exc  # the peer is gone: stop reading
+                        nursery.cancel_scope.cancel()
+                        break
                     continue
                 self._inflight[peer] += 1
                 nursery.start_soon(self._handle, peer, request, answer)
@@ -206,6 +214,8 @@ class ExpertHost:
             result = wire.ErrorResult(request.id, "internal", str(exc))
         finally:
             self._inflight[peer] -= 1
+            if self._inflight[peer] <= 0:
+                del self._inflight[peer]  # one key per peer with calls open, not per peer ever
         try:
             await answer(result)  # type: ignore[misc]
         except (NetworkError, PeerTimeout) as exc:
@@ -226,8 +236,16 @@ class ExpertHost:
                     "bad_input",
                     f"rows must have {expert.manifest.input_dim} columns, not {request.cols}",
                 )
+            rows = request.array()
+            if not np.isfinite(rows).all():
+                # Checked per call, so one caller's NaN cannot fail a batch it shares.
+                raise CallError("bad_input", "input holds NaN or inf")
+            if request.rows > expert.manifest.limits.max_batch:
+                raise CallError(
+                    "bad_input", f"at most {expert.manifest.limits.max_batch} rows per call"
+                )
             with trio.move_on_at(deadline) as scope:
-                out = await self._batchers[expert.expert_id].call(request.array())
+                out = await self._batchers[expert.expert_id].call(rows)
             if scope.cancelled_caught:
                 raise CallError("deadline", "the deadline passed in the queue")
             result: wire.Result = wire.ArrayResult(

@@ -242,6 +242,10 @@ class P2PService:
                 await handler(Libp2pStream(stream, peer))
             except (SwarmError, trio.TooSlowError) as exc:
                 log.info("%s from %s: %s", protocol, peer[-8:], exc)
+            except Exception as exc:  # noqa: BLE001 - one stream must not end the node
+                # py-libp2p ends the process on anything a handler lets escape; a bug in one
+                # of ours is logged loudly instead (with its traceback) and the stream closed.
+                log.exception("%s handler failed for %s: %s", protocol, peer[-8:], exc)
             finally:
                 await Libp2pStream(stream, peer).aclose()
 

