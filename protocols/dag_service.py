@@ -209,7 +209,7 @@ class DagService:
                     verdicts[i] = f"refused: {exc}"
         for wait in waits:
             await wait.stored.wait()
-        return [v if not v.startswith("stored") else "stored" for v in verdicts]
+        return verdicts
 
     def _queue(self, tx: Transaction) -> _TxWait:
         """Put `tx` in the mempool once; a second transaction for its (account, nonce) while
