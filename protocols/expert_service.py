@@ -69,7 +69,6 @@ class ExpertService:
         self._channels: dict[str, InferChannel] = {}
         self._nursery: trio.Nursery | None = None
         self._republish = trio.Event()
-        self.announcements_seen = 0
         self._changed = trio.Event()
         self.inference = Inference(
             host=host,
@@ -180,7 +179,6 @@ class ExpertService:
             return
         if announcement.peer_id == self.p2p.peer_id:
             return
-        self.announcements_seen += 1
         if announcement.apply_to(self.directory, self._now_ms()):
             self._changed.set()
             self._changed = trio.Event()

@@ -8,7 +8,6 @@ reopened by the next call.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -124,13 +123,3 @@ class InferChannel:
 async def _close_quietly(framed: FramedStream) -> None:
     with trio.move_on_after(1), contextlib.suppress(NetworkError):
         await framed.aclose()
-
-
-class RequestIds:
-    """Call ids, unique per node (a stream may be shared by many callers)."""
-
-    def __init__(self) -> None:
-        self._counter = itertools.count(1)
-
-    def next(self) -> int:
-        return next(self._counter)

@@ -9,10 +9,12 @@ mode the router's top three domains are asked at once and the answers combined.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -24,7 +26,7 @@ from dag.errors import RemoteProtocolError, SwarmError
 from experts.directory import Directory
 from protocols import infer_wire as wire
 from protocols.errors import NetworkError, PeerTimeout
-from protocols.infer_client import CallFailed, InferChannel, RequestIds
+from protocols.infer_client import CallFailed, InferChannel
 from protocols.infer_server import Busy, CallError, ExpertHost
 
 log = logging.getLogger("swarm.infer")
@@ -63,7 +65,6 @@ class Answer:
 class _Race:
     winner: Answer | None = None
     attempts: list[tuple[str, str]] = field(default_factory=list)
-    done: trio.Event = field(default_factory=trio.Event)
 
 
 class Inference:
@@ -84,7 +85,7 @@ class Inference:
         self._channel_for = channel_for
         self.local_peer = local_peer
         self._wall_ms = wall_ms
-        self._ids = RequestIds()
+        self._ids = itertools.count(1)  # call ids, unique per node (channels are shared)
         self._router: experts.Router | None = None
         self._directory_changed = directory_changed
 
@@ -101,16 +102,21 @@ class Inference:
         domain: str | None = None,
         max_price: int | None = None,
         kind: str = "generator",
+        remote_only: bool = False,
     ) -> list[tuple[str, str, int]]:
         """(provider, expert id, price) in the order to try; our own experts come first,
-        since calling them costs no network and no credits."""
-        ours = [
-            (LOCAL, e.expert_id, 0)
-            for e in self.host.experts.values()
-            if (expert_id is None or e.expert_id == expert_id)
-            and (domain is None or e.manifest.domain == domain)
-            and e.manifest.kind == kind
-        ]
+        since calling them costs no network and no credits (unless `remote_only`)."""
+        ours = (
+            []
+            if remote_only
+            else [
+                (LOCAL, e.expert_id, 0)
+                for e in self.host.experts.values()
+                if (expert_id is None or e.expert_id == expert_id)
+                and (domain is None or e.manifest.domain == domain)
+                and e.manifest.kind == kind
+            ]
+        )
         remote = [
             (c.provider, c.offer.expert_id, c.offer.price_per_1k)
             for c in self.directory.rank(
@@ -153,13 +159,16 @@ class Inference:
 
         def request(expert: str, budget_ms: int) -> wire.Request:
             return wire.GenerateRequest(
-                self._ids.next(), expert, budget_ms, prompt, max_tokens, temperature, 0, seed
+                next(self._ids), expert, budget_ms, prompt, max_tokens, temperature, 0, seed
             )
 
-        def find() -> list[tuple[str, str, int]]:
-            found = self.candidates(expert_id=expert_id, domain=domain, max_price=max_price)
-            return [c for c in found if c[0] != LOCAL] if remote_only else found
-
+        find = partial(
+            self.candidates,
+            expert_id=expert_id,
+            domain=domain,
+            max_price=max_price,
+            remote_only=remote_only,
+        )
         found = await self._await_providers(find, deadline_s)
         return await self._first_answer(found, request, domain or "", deadline_s, hedge_after_s)
 
@@ -188,12 +197,9 @@ class Inference:
         """Array in, array out, from a provider of `expert_id`."""
 
         def request(expert: str, budget_ms: int) -> wire.Request:
-            return wire.TensorRequest.of(self._ids.next(), expert, budget_ms, rows)
+            return wire.TensorRequest.of(next(self._ids), expert, budget_ms, rows)
 
-        def find() -> list[tuple[str, str, int]]:
-            found = self.candidates(expert_id=expert_id, kind="tensor")
-            return [c for c in found if c[0] != LOCAL] if remote_only else found
-
+        find = partial(self.candidates, expert_id=expert_id, kind="tensor", remote_only=remote_only)
         found = await self._await_providers(find, deadline_s)
         return await self._first_answer(found, request, "", deadline_s, hedge_after_s)
 

@@ -112,7 +112,6 @@ class P2PService:
         self.dht: KadDHT | None = None
         self._nursery: trio.Nursery | None = None
         self._hello_inflight: dict[str, trio.Event] = {}
-        self._handlers: dict[str, StreamHandler] = {}
         # Called with a peer id when a peer first passes hello (e.g. to sync the DAG from it).
         self.on_member_joined: list[Callable[[str], None]] = []
         # Called with a peer id when a member's last connection closes.
@@ -249,7 +248,6 @@ class P2PService:
             finally:
                 await Libp2pStream(stream, peer).aclose()
 
-        self._handlers[protocol] = handler
         self.host.set_stream_handler(TProtocol(protocol), adapter)
 
     async def open_stream(self, peer_id: str, protocol: str) -> Libp2pStream:

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import experts  # noqa: E402
 from node.client import Client  # noqa: E402
+from node.daemon import Node  # noqa: E402
 from node.datadir import Identity, load_genesis, write_node  # noqa: E402
 from node.hosting import FFN_DIM, FFN_SEED, ffn64_id  # noqa: E402
 from protocols.framing import HEADER, FrameDecoder  # noqa: E402
@@ -49,37 +50,42 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def two_nodes(calls: int, concurrency: int) -> dict[str, float]:
-    rows = np.random.default_rng(0).standard_normal((1, FFN_DIM)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         dirs = make_node_dirs(Path(tmp), 2, hosts=[[], ["ffn64"]])
         async with running_nodes(dirs) as (caller, provider):
             await connect_all([caller, provider])
-            inference, expert_id = caller.experts.inference, ffn64_id()
-            await inference.tensor(expert_id, rows, remote_only=True)  # warm: stream open
-            latencies = []
-            for _ in range(calls):
-                start = time.perf_counter()
-                await inference.tensor(expert_id, rows, remote_only=True)
-                latencies.append((time.perf_counter() - start) * 1000)
-            done = 0
-            start = time.perf_counter()
-
-            async def worker() -> None:
-                nonlocal done
-                while done < calls * 2:
-                    done += 1
-                    await inference.tensor(expert_id, rows, remote_only=True)
-
-            async with trio.open_nursery() as nursery:
-                for _ in range(concurrency):
-                    nursery.start_soon(worker)
-            rate = done / (time.perf_counter() - start)
+            latencies, rate = await measure_calls(caller, calls, concurrency)
     return {"p50_ms": pct(latencies, 0.5), "p99_ms": pct(latencies, 0.99), "calls_per_s": rate}
+
+
+async def measure_calls(caller: Node, calls: int, concurrency: int) -> tuple[list[float], float]:
+    """`calls` sequential ffn64 calls (latencies in ms), then the call rate of `concurrency`
+    callers making twice as many, all remote, through the client API."""
+    rows = np.random.default_rng(0).standard_normal((1, FFN_DIM)).astype(np.float32)
+    inference, expert_id = caller.experts.inference, ffn64_id()
+    await inference.tensor(expert_id, rows, remote_only=True)  # warm: the stream is open
+    latencies = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        await inference.tensor(expert_id, rows, remote_only=True)
+        latencies.append((time.perf_counter() - start) * 1000)
+    done = 0
+    start = time.perf_counter()
+
+    async def worker() -> None:
+        nonlocal done
+        while done < calls * 2:
+            done += 1
+            await inference.tensor(expert_id, rows, remote_only=True)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(worker)
+    return latencies, done / (time.perf_counter() - start)
 
 
 async def two_processes(calls: int, concurrency: int) -> dict[str, float]:
     """The same calls with the provider a daemon in its own process (its own core)."""
-    rows = np.random.default_rng(0).standard_normal((1, FFN_DIM)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         mesh = Path(tmp) / "mesh"
         cli("mesh", "--nodes", "1", "--dir", str(mesh), "--detach")
@@ -90,26 +96,7 @@ async def two_processes(calls: int, concurrency: int) -> dict[str, float]:
             write_node(data_dir, Identity.generate(), name="caller", genesis=genesis)
             async with running_nodes([data_dir]) as (caller,):
                 await caller.p2p.connect(provider["addr"])
-                inference, expert_id = caller.experts.inference, ffn64_id()
-                await inference.tensor(expert_id, rows, remote_only=True)
-                latencies = []
-                for _ in range(calls):
-                    start = time.perf_counter()
-                    await inference.tensor(expert_id, rows, remote_only=True)
-                    latencies.append((time.perf_counter() - start) * 1000)
-                done = 0
-                start = time.perf_counter()
-
-                async def worker() -> None:
-                    nonlocal done
-                    while done < calls * 2:
-                        done += 1
-                        await inference.tensor(expert_id, rows, remote_only=True)
-
-                async with trio.open_nursery() as nursery:
-                    for _ in range(concurrency):
-                        nursery.start_soon(worker)
-                rate = done / (time.perf_counter() - start)
+                latencies, rate = await measure_calls(caller, calls, concurrency)
         finally:
             subprocess.run(
                 [sys.executable, "-m", "node", "mesh", "stop", "--dir", str(mesh)],

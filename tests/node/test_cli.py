@@ -8,7 +8,6 @@ import select
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,12 +61,13 @@ class Daemon:
         self.status = json.loads(line)
         self.data_dir = data_dir
 
-    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, float]:
-        start = time.monotonic()
+    def stop(self, sig: int = signal.SIGTERM, *, within_s: float = 10.0) -> int:
+        """Signal the daemon; its exit status, or TimeoutExpired if it takes over `within_s`."""
         self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=10)
-        self.log.close()
-        return code, time.monotonic() - start
+        try:
+            return self.proc.wait(timeout=within_s)
+        finally:
+            self.log.close()
 
 
 def running(pid: int) -> bool:
@@ -123,8 +123,7 @@ def test_two_daemons_connect_through_the_cli_and_stop_on_sigterm(
     assert "peer id" in cli("status", "--data-dir", str(a)).stdout
 
     for d in (da, db):
-        code, took = d.stop(signal.SIGTERM)
-        assert code == 0 and took < 5.0
+        assert d.stop(signal.SIGTERM, within_s=5.0) == 0  # the issue's bound
         assert not (d.data_dir / "node.json").exists()
     assert "stopping" in (a / "test.log").read_text()
 
@@ -135,8 +134,7 @@ def test_two_daemons_connect_through_the_cli_and_stop_on_sigterm(
 def test_sigint_stops_cleanly_too(tmp_path: Path, daemons: list[Daemon]) -> None:
     cli("init", "--data-dir", str(tmp_path))
     daemons.append(Daemon(tmp_path))
-    code, took = daemons[0].stop(signal.SIGINT)
-    assert code == 0 and took < 5.0
+    assert daemons[0].stop(signal.SIGINT, within_s=5.0) == 0
 
 
 def test_api_refuses_requests_without_the_token(tmp_path: Path, daemons: list[Daemon]) -> None:

@@ -55,7 +55,7 @@ async def test_ping_measures_rtt_and_dht_knows_members(tmp_path: Path) -> None:
                 lambda: (e := a.peers.get(b.peer_id)) is not None and e.rtt_ms is not None
             )
             entry = a.peers.get(b.peer_id)
-            assert entry is not None and entry.rtt_ms is not None and 0 < entry.rtt_ms < 5000
+            assert entry is not None and entry.rtt_ms is not None and entry.rtt_ms > 0
             assert a.p2p.dht is not None and a.p2p.dht.get_routing_table_size() >= 1
 
 

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import trio
 
-from dag.kinds import transfer_payload
-from dag.tx import Transaction
 from dag.vertex import Vertex
 from node.daemon import Node
+from tests.dag.helpers import transfer
 from tests.factory import swarm
 
 
@@ -20,14 +19,7 @@ def conflicting_vertices(author: Node, to_a: bytes, to_b: bytes) -> tuple[Vertex
     nonce = engine.next_free_nonce(author.keys.account.account_id)
     vertices = []
     for to in (to_a, to_b):
-        tx = Transaction.create(
-            author.keys.account,
-            chain=engine.chain,
-            nonce=nonce,
-            kind="transfer",
-            payload=transfer_payload(to, 100),
-            registry=engine.registry,
-        )
+        tx = transfer(author.keys.account, author.genesis, to, 100, nonce)
         vertices.append(
             Vertex.create(
                 author.keys.account,

@@ -13,6 +13,7 @@ from dag.crypto import Signature
 from dag.vertex import Vertex
 from node.daemon import Node
 from protocols.dag_service import InsufficientCredits
+from tests.dag.helpers import transfer
 from tests.factory import connect_all, make_node_dirs, running_nodes, swarm
 
 
@@ -122,25 +123,13 @@ async def all_applied(node: Node, tx_ids: list[bytes]) -> bool:
 
 
 async def test_duplicate_and_conflicting_submissions_do_not_sink_a_batch(tmp_path: Path) -> None:
-    from dag.kinds import transfer_payload
-    from dag.tx import Transaction
-
     with trio.fail_after(60):
         async with swarm(tmp_path, 2) as (a, b):
-            engine, key = a.dag.engine, b.keys.account
             to = a.keys.account.account_id
-
-            def signed(nonce: int, amount: int) -> Transaction:
-                return Transaction.create(
-                    key,
-                    chain=engine.chain,
-                    nonce=nonce,
-                    kind="transfer",
-                    payload=transfer_payload(to, amount),
-                    registry=engine.registry,
-                )
-
-            honest, dup, rival = signed(0, 5), signed(1, 6), signed(1, 7)
+            honest, dup, rival = (
+                transfer(b.keys.account, a.genesis, to, amount, nonce)
+                for nonce, amount in ((0, 5), (1, 6), (1, 7))
+            )
             verdicts = await a.dag.submit_many([honest, dup, dup, rival])
             assert verdicts[:3] == ["stored", "stored", "stored"]
             assert verdicts[3].startswith("refused") and "already queued" in verdicts[3]

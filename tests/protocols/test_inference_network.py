@@ -28,6 +28,19 @@ async def knows(node: Node, provider: Node, expert_id: str) -> None:
         await node.experts.directory_changed()
 
 
+def hang(provider: Node) -> trio.Event:
+    """Make `provider` take every call and never answer; the event is set at the first."""
+    arrived = trio.Event()
+
+    async def call(request: object) -> object:
+        arrived.set()
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    provider.experts.host.call = call  # type: ignore[method-assign]
+    return arrived
+
+
 async def test_a_prompt_is_answered_by_the_peer_that_hosts_its_domain(tmp_path: Path) -> None:
     dirs = make_node_dirs(tmp_path, 3, hosts=[[], ["mathematics"], ["coding"]])
     math_id = experts.find("mathematics").expert_id
@@ -87,14 +100,7 @@ async def test_a_provider_killed_mid_request_is_replaced_within_the_deadline(
                 await knows(a, b, math_id)
                 await knows(a, c, math_id)
                 # b takes the call and never answers; c answers at once
-                arrived = trio.Event()
-
-                async def hang(request: object) -> object:
-                    arrived.set()
-                    await trio.sleep_forever()
-                    raise AssertionError("unreachable")
-
-                b.experts.host.call = hang  # type: ignore[method-assign]
+                arrived = hang(b)
                 # rank b first so the call goes to it
                 a.experts.directory.record(c.peer_id, math_id, ok=False, latency_s=1.0)
 
@@ -121,14 +127,7 @@ async def test_hedging_races_a_second_provider_past_a_slow_one(tmp_path: Path) -
             await connect_all([a, b, c])
             await knows(a, b, math_id)
             await knows(a, c, math_id)
-            slow = trio.Event()
-
-            async def hang(request: object) -> object:
-                slow.set()
-                await trio.sleep_forever()
-                raise AssertionError("unreachable")
-
-            b.experts.host.call = hang  # type: ignore[method-assign]
+            slow = hang(b)
             a.experts.directory.record(c.peer_id, math_id, ok=False, latency_s=1.0)  # b first
             answer = await a.experts.inference.generate(
                 "457+268=", domain="mathematics", deadline_s=30, hedge_after_s=0.2
