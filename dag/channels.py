@@ -17,9 +17,9 @@ voting decides: every settle and close of a channel names the channel id as an e
 key (`extra_conflict_keys`), and at most one transaction per key is ever accepted. With
 partial settlements each settle would need its own place in a per-channel sequence; one final
 settlement needs one key, and a provider that wants its credits earlier ends the channel and
-the client opens another. Voting and the ledger must therefore honour a kind's
-`extra_conflict_keys` (and the engine `not_before_ms`, below); until they do these kinds are
-not safe to accept, which is why they are not in `default_registry()`.
+the client opens another. Voting, the ledger and the engine honour these two hooks (see
+`dag.kinds`): the engine puts every settle and close into the conflict set (channel id, -1),
+refuses one once that set is decided, and refuses a vertex holding two of them.
 
 State lives in buckets only, so the store restores it with no new table. The terms (client,
 provider, deposit, expiry, IOU key) are hashed into the channel id, together with the chain
@@ -374,7 +374,6 @@ def close_payload(terms: ChannelTerms) -> tuple[Any, ...]:
 
 
 def register_channel_kinds(registry: KindRegistry) -> None:
-    """Add the three channel kinds to `registry`. Only for a node whose engine honours
-    `extra_conflict_keys` and `not_before_ms` (see the module doc)."""
+    """Add the three channel kinds to `registry` (`dag.kinds.default_registry` does)."""
     for kind in (ChannelOpen(), ChannelSettle(), ChannelClose()):
         registry.register(kind)

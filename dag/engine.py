@@ -39,7 +39,14 @@ from typing import Literal
 
 from dag.avalanche import Avalanche, PollRequest, VertexAccepted, VertexRejected
 from dag.crypto import SigningKey
-from dag.errors import InvalidTransaction, RemoteProtocolError, ReplayedNonce, SwarmError
+from dag.errors import (
+    AlreadyClaimed,
+    InvalidTransaction,
+    InvalidVertex,
+    RemoteProtocolError,
+    ReplayedNonce,
+    SwarmError,
+)
 from dag.genesis import Genesis
 from dag.kinds import KindRegistry, balance_of, default_registry
 from dag.ledger import Ledger, TxOutcome
@@ -126,7 +133,9 @@ class Engine:
         if store.has_ledger():
             rows = store.load_ledger()
             waiting = [Transaction.from_bytes(t, registry, chain=chain) for t in rows.waiting]
-            ledger = Ledger.restore(genesis, registry, rows.amounts, rows.nonces, waiting)
+            ledger = Ledger.restore(
+                genesis, registry, rows.amounts, rows.nonces, waiting, rows.claimed
+            )
         else:
             ledger = Ledger(genesis, registry)
         validators = {a.account: a.stake for a in genesis.accounts}
@@ -162,6 +171,7 @@ class Engine:
             return Received(vertex.id, "missing", missing)
         vertex.check_time(now_ms, (self._timestamp(p) for p in vertex.parents))
         self._check_fresh(vertex.txs)
+        self._check_not_before(vertex)
         self.store.put_vertex(vertex.id, vertex.to_bytes(), vertex.timestamp_ms)
         self._admit(vertex)
         self._commit()
@@ -181,18 +191,38 @@ class Engine:
         self._receive(vertex, timestamp, verify=False)
         return vertex
 
-    def check_transaction(self, tx: Transaction) -> None:
-        """Check a transaction a local client submits before it is batched: its signature
-        and that its (account, nonce) is still open here (`RemoteProtocolError` if not)."""
+    def check_transaction(self, tx: Transaction, now_ms: int | None = None) -> None:
+        """Check a transaction a local client submits before it is batched: its signature,
+        that its conflict sets are still open here, and (given `now_ms`) that a vertex made
+        now may carry it (`RemoteProtocolError` if not)."""
         if tx.chain != self.chain:
             raise InvalidTransaction("transaction is for another chain")
         tx.verify()
         self._check_fresh([tx])
+        if now_ms is not None and (not_before := self.registry.not_before_ms(tx)) > now_ms:
+            raise InvalidTransaction(f"a {tx.kind} may not be carried before {not_before} ms")
 
     def _check_fresh(self, txs: Sequence[Transaction]) -> None:
+        seen: set[tuple[bytes, int]] = set()
         for tx in txs:
-            if self.ledger.is_decided(tx.conflict_key):
-                raise ReplayedNonce(f"nonce {tx.nonce} of this account is already used")
+            for key in self.registry.conflict_keys(tx):
+                if self.ledger.is_decided(key):
+                    if key == tx.conflict_key:
+                        raise ReplayedNonce(f"nonce {tx.nonce} of this account is already used")
+                    raise AlreadyClaimed(f"a {tx.kind} for key {key[0].hex()} is already accepted")
+                if key in seen:
+                    # Voting counts a set once per vertex; two members in one vertex could both
+                    # be accepted.
+                    raise InvalidVertex(f"vertex holds two transactions of conflict set {key!r}")
+                seen.add(key)
+
+    def _check_not_before(self, vertex: Vertex) -> None:
+        for tx in vertex.txs:
+            not_before = self.registry.not_before_ms(tx)
+            if vertex.timestamp_ms < not_before:
+                raise InvalidTransaction(
+                    f"a {tx.kind} in a vertex of {vertex.timestamp_ms} ms, before {not_before} ms"
+                )
 
     def _known(self, vertex_id: bytes) -> bool:
         return (
@@ -219,7 +249,8 @@ class Engine:
                 and (self.store.vertex_status(parent) is VertexStatus.REJECTED)
             ):
                 self.avalanche.note_rejected(parent)
-        self.avalanche.add(vertex.id, vertex.parents, [tx.conflict_key for tx in vertex.txs])
+        keys = [key for tx in vertex.txs for key in self.registry.conflict_keys(tx)]
+        self.avalanche.add(vertex.id, vertex.parents, keys)
 
     # -- voting ---------------------------------------------------------------------------
 
@@ -351,6 +382,7 @@ class Engine:
             nonces=changes.nonces,
             waiting_added=[(t.account, t.nonce, t.to_bytes()) for t in added.values()],
             waiting_removed=changes.waiting_removed,
+            claimed=changes.claimed,
         )
         self._events.extend(events)
 

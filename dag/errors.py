@@ -43,5 +43,10 @@ class ReplayedNonce(InvalidTransaction):
     """A transaction for an (account, nonce) conflict set that is already decided here."""
 
 
+class AlreadyClaimed(InvalidTransaction):
+    """A transaction for an extra conflict set (say, a payment channel's end) that another
+    accepted transaction already took."""
+
+
 class InvalidVertex(RemoteProtocolError):
     """A well-formed vertex that breaks a rule: parents, limits, timestamp, duplicates."""

@@ -15,6 +15,16 @@ kind therefore plugs in with two functions and no change anywhere else:
 
 Moves are zero-sum between buckets (an account's balance, or credits locked under a key), so
 no kind can create or destroy credits: conservation holds by construction.
+
+Two optional hooks, for kinds whose transactions come from more than one account yet must not
+both take effect (a payment channel's settle by the provider and close by the client):
+
+- `extra_conflict_keys(tx)`: byte strings that name further conflict sets. Voting puts the
+  transaction into the set `(key, -1)` of each one beside (account, nonce), so at most one
+  transaction per key is ever accepted, and the engine refuses any new one once it is decided.
+- `not_before_ms(tx)`: the earliest timestamp of a vertex that may carry the transaction.
+
+The registry answers both for any kind (`conflict_keys`, `not_before_ms`).
 """
 
 from __future__ import annotations
@@ -29,7 +39,10 @@ from dag.errors import InvalidTransaction, SwarmError
 from dag.genesis import MAX_CREDITS
 
 if TYPE_CHECKING:
-    from dag.tx import Transaction
+    from dag.tx import ConflictKey, Transaction
+
+# The nonce of an extra conflict set (see the module doc): no real nonce is negative.
+EXTRA_KEY_NONCE = -1
 
 
 class Bucket(NamedTuple):
@@ -103,6 +116,18 @@ class KindRegistry:
     def names(self) -> tuple[str, ...]:
         return tuple(sorted(self._kinds))
 
+    def conflict_keys(self, tx: Transaction) -> tuple[ConflictKey, ...]:
+        """Every conflict set `tx` is in: (account, nonce), then its kind's extra keys."""
+        extra = getattr(self.get(tx.kind), "extra_conflict_keys", None)
+        if extra is None:
+            return (tx.conflict_key,)
+        return (tx.conflict_key, *((key, EXTRA_KEY_NONCE) for key in extra(tx)))
+
+    def not_before_ms(self, tx: Transaction) -> int:
+        """The earliest timestamp of a vertex that may carry `tx` (0: any)."""
+        hook = getattr(self.get(tx.kind), "not_before_ms", None)
+        return 0 if hook is None else int(hook(tx))
+
 
 class Transfer:
     """`transfer`: payload [to account (32 bytes), amount (1..MAX_CREDITS)]."""
@@ -128,5 +153,10 @@ def transfer_payload(to: bytes, amount: int) -> tuple[bytes, int]:
 
 
 def default_registry() -> KindRegistry:
-    """A fresh registry with the kinds every node knows (now: transfer)."""
-    return KindRegistry([Transfer()])
+    """A fresh registry with the kinds every node knows: transfer and the payment channel's
+    open, settle and close (`dag.channels`)."""
+    from dag.channels import register_channel_kinds  # channels builds on this module
+
+    registry = KindRegistry([Transfer()])
+    register_channel_kinds(registry)
+    return registry

@@ -28,7 +28,8 @@ wallet should submit only what the current balance covers. A kind's `TxFailed` m
 this property (see `dag.kinds`).
 
 Replays. A conflict set (account, nonce) is decided here once a transaction for it has been
-accepted (`is_decided`); the engine refuses any new vertex holding another one for it.
+accepted (`is_decided`); the engine refuses any new vertex holding another one for it. So is a
+kind's extra conflict set `(key, -1)` (see `dag.kinds`): the ledger keeps the claimed keys.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 
 from dag.errors import LocalProtocolError, SwarmError
 from dag.genesis import Genesis
-from dag.kinds import Bucket, KindRegistry, TxFailed, balance_of
+from dag.kinds import EXTRA_KEY_NONCE, Bucket, KindRegistry, TxFailed, balance_of
 from dag.tx import ConflictKey, Transaction
 
 
@@ -66,6 +67,7 @@ class LedgerChanges:
     nonces: dict[bytes, int] = field(default_factory=dict)
     waiting_added: list[Transaction] = field(default_factory=list)
     waiting_removed: list[ConflictKey] = field(default_factory=list)
+    claimed: list[bytes] = field(default_factory=list)
 
 
 class Ledger:
@@ -80,6 +82,7 @@ class Ledger:
         self._nonces: dict[bytes, int] = {}
         self._waiting: dict[ConflictKey, Transaction] = {}
         self._blocked: defaultdict[Bucket, set[ConflictKey]] = defaultdict(set)
+        self._claimed: set[bytes] = set()
         self._changes = LedgerChanges()
 
     @classmethod
@@ -90,6 +93,7 @@ class Ledger:
         amounts: Mapping[Bucket, int],
         nonces: Mapping[bytes, int],
         waiting: Iterable[Transaction],
+        claimed: Iterable[bytes] = (),
     ) -> Ledger:
         """Rebuild a ledger from the state a store kept (see `dag.store`): `amounts` holds
         every bucket that ever changed, over the genesis balances."""
@@ -97,6 +101,7 @@ class Ledger:
         ledger._amounts.update(amounts)
         ledger._amounts = {b: a for b, a in ledger._amounts.items() if a}
         ledger._nonces = dict(nonces)
+        ledger._claimed = set(claimed)
         for tx in waiting:
             ledger._waiting[tx.conflict_key] = tx
         ledger._run(list(ledger._waiting))  # re-registers what each waits for; applies nothing
@@ -116,8 +121,11 @@ class Ledger:
         return self._nonces.get(account, 0)
 
     def is_decided(self, key: ConflictKey) -> bool:
-        """True once a transaction for this (account, nonce) has been accepted here."""
+        """True once a transaction for this (account, nonce), or for this extra conflict key
+        (`(key, -1)`), has been accepted here."""
         account, nonce = key
+        if nonce == EXTRA_KEY_NONCE:
+            return account in self._claimed
         return nonce < self.next_nonce(account) or key in self._waiting
 
     def waiting(self) -> list[Transaction]:
@@ -145,9 +153,15 @@ class Ledger:
     def accept(self, tx: Transaction) -> list[TxOutcome]:
         """Take in an accepted transaction; return every outcome it settled (its own, and
         those of waiting transactions it unblocked), in the order they happened."""
+        keys = self._registry.conflict_keys(tx)
+        if any(self.is_decided(k) for k in keys):
+            raise LocalProtocolError(
+                f"a conflict set of transaction {tx.id.hex()} is already decided"
+            )
+        extra = [k for k, _ in keys[1:]]
+        self._claimed.update(extra)
+        self._changes.claimed.extend(extra)
         key = tx.conflict_key
-        if self.is_decided(key):
-            raise LocalProtocolError(f"conflict set nonce {tx.nonce} is already decided")
         self._waiting[key] = tx
         self._changes.waiting_added.append(tx)
         return self._run([key])

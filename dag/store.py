@@ -7,10 +7,10 @@ and is not shared between threads concurrently).
 What is kept: every valid vertex received (its canonical bytes and status: processing,
 accepted or rejected), the order in which this node accepted vertices, each transaction's
 status, and the ledger state (amounts per bucket, next nonces, accepted transactions still
-waiting). `commit` writes one batch of decisions and the ledger changes they caused in a
-single SQLite transaction, and the engine reports nothing before it returns: what was
-reported accepted survives a kill -9 (WAL with synchronous=NORMAL is durable against a
-process crash; pass `durable=True` for synchronous=FULL against power loss too).
+waiting, extra conflict keys claimed). `commit` writes one batch of decisions and the ledger
+changes they caused in a single SQLite transaction, and the engine reports nothing before it
+returns: what was reported accepted survives a kill -9 (WAL with synchronous=NORMAL is durable
+against a process crash; pass `durable=True` for synchronous=FULL against power loss too).
 
 On open the file is checked (`PRAGMA quick_check`, schema version, genesis digest); a
 damaged or foreign file raises `StoreCorrupt` or `StoreMismatch` and is never replaced.
@@ -27,7 +27,7 @@ from pathlib import Path
 from dag.errors import SwarmError
 from dag.kinds import Bucket
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -42,7 +42,10 @@ CREATE TABLE amounts (locked INTEGER NOT NULL, key BLOB NOT NULL, amount INTEGER
 CREATE TABLE nonces (account BLOB PRIMARY KEY, next INTEGER NOT NULL);
 CREATE TABLE waiting (account BLOB NOT NULL, nonce INTEGER NOT NULL, tx BLOB NOT NULL,
     PRIMARY KEY (account, nonce));
+CREATE TABLE claimed (key BLOB PRIMARY KEY);
 """
+# What each older schema lacks. Version 1 had no channel kinds, hence nothing claimed.
+_MIGRATIONS = {1: "CREATE TABLE claimed (key BLOB PRIMARY KEY);"}
 
 
 class StoreError(SwarmError):
@@ -89,6 +92,7 @@ class LedgerRows:
     amounts: dict[Bucket, int]
     nonces: dict[bytes, int]
     waiting: list[bytes]
+    claimed: list[bytes]
 
 
 class Store:
@@ -196,7 +200,8 @@ class Store:
         }
         nonces = {bytes(a): n for a, n in self._conn.execute("SELECT account, next FROM nonces")}
         waiting = [bytes(r[0]) for r in self._conn.execute("SELECT tx FROM waiting")]
-        return LedgerRows(amounts, nonces, waiting)
+        claimed = [bytes(r[0]) for r in self._conn.execute("SELECT key FROM claimed")]
+        return LedgerRows(amounts, nonces, waiting, claimed)
 
     def has_ledger(self) -> bool:
         """False for a fresh store, whose ledger starts from the genesis."""
@@ -212,6 +217,7 @@ class Store:
         nonces: dict[bytes, int],
         waiting_added: Iterable[tuple[bytes, int, bytes]],
         waiting_removed: Iterable[tuple[bytes, int]],
+        claimed: Iterable[bytes] = (),
     ) -> None:
         """Write one batch of decisions and its ledger changes atomically.
 
@@ -247,6 +253,7 @@ class Store:
             )
             c.executemany("INSERT OR REPLACE INTO waiting VALUES (?, ?, ?)", waiting_added)
             c.executemany("DELETE FROM waiting WHERE account = ? AND nonce = ?", waiting_removed)
+            c.executemany("INSERT OR IGNORE INTO claimed VALUES (?)", ((k,) for k in claimed))
             c.execute("INSERT OR REPLACE INTO meta VALUES ('ledger', x'01')")
             c.execute("COMMIT")
         except BaseException:
@@ -281,9 +288,15 @@ def _check_and_init(
     if "meta" not in tables:
         raise StoreCorrupt(f"store {where} is an SQLite file but not a swarm-node store")
     meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-    if meta.get("schema") != str(SCHEMA_VERSION).encode():
-        raise StoreMismatch(
-            f"store {where} has schema {meta.get('schema')!r}, want {SCHEMA_VERSION}"
-        )
     if meta.get("genesis") != genesis_digest:
         raise StoreMismatch(f"store {where} belongs to another chain (genesis digest differs)")
+    schema = meta.get("schema")
+    if schema is not None and schema.isdigit() and int(schema) in _MIGRATIONS:
+        conn.executescript(
+            f"BEGIN IMMEDIATE;{_MIGRATIONS[int(schema)]}"
+            f"UPDATE meta SET value = x'{str(SCHEMA_VERSION).encode().hex()}' WHERE key = 'schema';"
+            "COMMIT;"
+        )
+        schema = str(SCHEMA_VERSION).encode()
+    if schema != str(SCHEMA_VERSION).encode():
+        raise StoreMismatch(f"store {where} has schema {schema!r}, want {SCHEMA_VERSION}")

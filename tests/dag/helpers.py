@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from typing import Any
 
 from dag.crypto import Scheme, SigningKey
 from dag.engine import Engine
@@ -42,14 +43,7 @@ def make_genesis(
 def transfer(
     sender: SigningKey, genesis: Genesis, to: bytes, amount: int, nonce: int
 ) -> Transaction:
-    return Transaction.create(
-        sender,
-        chain=genesis.digest,
-        nonce=nonce,
-        kind="transfer",
-        payload=transfer_payload(to, amount),
-        registry=REGISTRY,
-    )
+    return signed(sender, genesis, nonce, "transfer", transfer_payload(to, amount))
 
 
 def open_engine(
@@ -57,3 +51,12 @@ def open_engine(
 ) -> Engine:
     store = Store.open(path, genesis.digest)
     return Engine.open(genesis, store, params or Params.fast(), me.account_id, random.Random(1))
+
+
+def signed(
+    sender: SigningKey, genesis: Genesis, nonce: int, kind: str, payload: tuple[Any, ...]
+) -> Transaction:
+    """A transaction of any kind, signed by `sender`."""
+    return Transaction.create(
+        sender, chain=genesis.digest, nonce=nonce, kind=kind, payload=payload, registry=REGISTRY
+    )

@@ -14,7 +14,6 @@ from dag.channels import (
     is_open,
     lock_bucket,
     open_payload,
-    register_channel_kinds,
     settle_payload,
 )
 from dag.codec import encode
@@ -23,21 +22,18 @@ from dag.errors import DecodeError, InvalidSignature, InvalidTransaction, LocalP
 from dag.kinds import default_registry
 from dag.ledger import Ledger
 from dag.tx import MAX_TX_BYTES, Transaction
-from tests.dag.helpers import GENESIS_MS, key, make_genesis
+from tests.dag.helpers import GENESIS_MS, key, make_genesis, signed
 
 CLIENT, PROVIDER, OTHER = key(1), key(2), key(3)
 IOU_KEY = key(10)  # the client's per-channel IOU key
 REGISTRY = default_registry()
-register_channel_kinds(REGISTRY)
 GENESIS = make_genesis([CLIENT, PROVIDER, OTHER], balances=[1_000, 0, 0])
 CHAIN = GENESIS.digest
 EXPIRY = GENESIS_MS + 60_000
 
 
 def _tx(sender: SigningKey, nonce: int, kind: str, payload: tuple[Any, ...]) -> Transaction:
-    return Transaction.create(
-        sender, chain=CHAIN, nonce=nonce, kind=kind, payload=payload, registry=REGISTRY
-    )
+    return signed(sender, GENESIS, nonce, kind, payload)
 
 
 def _open(
@@ -208,18 +204,20 @@ def test_every_settle_and_close_of_a_channel_conflict_so_only_one_is_accepted() 
     assert _finish_key(_close(other_terms, 2)) != _finish_key(finishes[0])
 
 
-def test_a_finish_after_the_channel_ended_moves_nothing() -> None:
-    # Voting accepts only one of these (shared conflict key); if a second one came through,
-    # it would find the lock empty and wait, with no credit moved.
+def test_a_finish_after_the_channel_ended_is_refused_and_moves_nothing() -> None:
+    # Voting accepts only one of these (shared conflict key), and the ledger keeps the key
+    # claimed: a second finish is a decided conflict set, like a replayed nonce.
     for first, second in [(0, 1), (1, 0)]:
         ledger = _ledger()
         open_tx, terms = _open()
-        settle = _settle(terms, _iou(terms, 40))
-        finishes = [settle, _close(terms, 1)]
+        finishes = [_settle(terms, _iou(terms, 40)), _close(terms, 1)]
         assert _accept(ledger, open_tx, finishes[first]) == [True, True]
         after_first = _balances(ledger)
-        assert _accept(ledger, finishes[second]) == []
+        assert ledger.is_decided((channel_id(CHAIN, terms), -1))
+        with pytest.raises(LocalProtocolError, match="already decided"):
+            ledger.accept(finishes[second])
         assert _balances(ledger) == after_first and ledger.total_locked == 0
+        assert ledger.take_changes().claimed == [channel_id(CHAIN, terms)]
 
 
 def test_a_close_is_carried_only_from_the_expiry_on() -> None:

@@ -4,11 +4,12 @@ from pathlib import Path
 
 import pytest
 
+from dag.channels import ChannelTerms, Iou, channel_id, close_payload, open_payload, settle_payload
 from dag.crypto import SigningKey
 from dag.params import Params
 from dag.store import VertexStatus
 from dag.vertex import Vertex
-from tests.dag.helpers import key, make_genesis, transfer
+from tests.dag.helpers import GENESIS_MS, key, make_genesis, signed, transfer
 from tests.dag.sim import Network, SimNode
 
 PARAMS = Params.fast()
@@ -153,3 +154,38 @@ def test_a_node_that_restarts_after_missing_traffic_catches_up(tmp_path: Path) -
     _check_agreement(net)
     assert late <= net.accepted_txs(victim)
     assert victim.engine.ledger.balance(victim.account) == 1_000 + 4 * 50 + 3 - 3
+
+
+def test_a_settle_and_a_close_raced_across_the_mesh_have_one_winner_everywhere() -> None:
+    keys = [key(i) for i in range(8)]
+    client, provider, iou_key = key(97), key(98), key(99)
+    genesis = make_genesis([*keys, client, provider], stakes=[100] * 8 + [0, 0])
+    net = Network(genesis, keys, PARAMS, seed=4, drop=0.05)
+    payload = open_payload(provider.account_id, 300, GENESIS_MS, iou_key.public_key)
+    open_tx = signed(client, genesis, 0, "channel_open", payload)
+    net.nodes[0].mempool.append(open_tx)
+    _run_until_settled(net)
+    terms = ChannelTerms.of_open(open_tx)
+    iou = Iou.create(iou_key, channel_id(genesis.digest, terms), 120, 7)
+    settle = signed(provider, genesis, 0, "channel_settle", settle_payload(terms, iou))
+    close = signed(client, genesis, 1, "channel_close", close_payload(terms))
+    for tx, targets in ((settle, net.nodes[:4]), (close, net.nodes[4:])):
+        vertex = Vertex.create(
+            keys[0],
+            chain=genesis.digest,
+            parents=net.nodes[0].engine.frontier()[:4],
+            timestamp_ms=net.now_ms(),
+            txs=[tx],
+        )
+        net.inject(net.nodes[0], vertex, targets)
+    _run_until_settled(net)
+    _check_agreement(net)
+    won = _attacked(net, (settle.id, close.id))
+    assert len(won) == 1
+    paid = 120 if won == {settle.id} else 0
+    ledger = net.honest[0].engine.ledger
+    assert (ledger.balance(client.account_id), ledger.balance(provider.account_id)) == (
+        1_000 - paid,
+        1_000 + paid,
+    )
+    assert ledger.total_locked == 0

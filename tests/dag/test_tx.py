@@ -98,7 +98,7 @@ def test_registry_refuses_a_kind_twice_and_is_per_instance() -> None:
     registry = default_registry()
     with pytest.raises(ValueError, match="already registered"):
         registry.register(Transfer())
-    assert registry.names == ("transfer",)
+    assert registry.names == ("channel_close", "channel_open", "channel_settle", "transfer")
     assert KindRegistry().names == ()
     with pytest.raises(InvalidTransaction, match="unknown transaction kind"):
         KindRegistry().get("transfer")
