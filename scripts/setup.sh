@@ -27,3 +27,17 @@ if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
     .venv/bin/python -c "import node, libp2p, trio, hypercorn" # fail here if the install did
     touch "$stamp"
 fi
+
+# js-libp2p for the interop test (tests/interop/): installed from its lock file, again only
+# when that changed. Without Node.js that test skips and says why.
+interop=tests/interop/js
+if command -v npm >/dev/null 2>&1; then
+    stamp="$interop/node_modules/.swarm-node-installed"
+    if [[ ! -f "$stamp" || "$interop/package-lock.json" -nt "$stamp" ||
+        "$interop/package.json" -nt "$stamp" ]]; then
+        (cd "$interop" && npm ci --no-audit --no-fund --loglevel=error)
+        touch "$stamp"
+    fi
+else
+    echo "setup: npm is not on PATH; the js-libp2p interop test will be skipped" >&2
+fi
