@@ -256,19 +256,22 @@ class ChannelOpen:
 
 class ChannelSettle:
     """`channel_settle`, sent by the provider: payload [client, open nonce, deposit,
-    expiry_ms, IOU key scheme, IOU key, IOU fields].
+    expiry_ms, IOU key scheme, IOU key, IOU fields, amount].
 
     The provider is the sender, so no other account can settle the channel: its terms would
-    name another provider, hence another id, and the IOU would not match. Ends the channel:
-    the IOU's amount to the provider, the rest of the deposit to the client. An IOU that is
-    for another channel or does not verify fails (no effect; the reason is in the outcome);
-    one above the deposit is refused when the transaction is parsed.
+    name another provider, hence another id, and the IOU would not match. `amount` is what the
+    provider claims, at most the IOU's cumulative amount: an IOU may authorise more than was
+    used (a call reserves its largest cost before the provider counts its tokens), and an
+    honest provider claims what its receipts add up to. Ends the channel: `amount` to the
+    provider, the rest of the deposit to the client. An IOU that is for another channel or
+    does not verify fails (no effect; the reason is in the outcome); one above the deposit,
+    or a claim above the IOU, is refused when the transaction is parsed.
     """
 
     name = "channel_settle"
 
     def parse(self, payload: object, sender: bytes) -> tuple[Any, ...]:
-        fields = as_array(payload, "channel_settle payload", length=7)
+        fields = as_array(payload, "channel_settle payload", length=8)
         client = as_bytes(fields[0], "channel client", size=ACCOUNT_ID_BYTES)
         if client == sender:
             raise InvalidTransaction("a settle of a channel to the settling account itself")
@@ -278,23 +281,25 @@ class ChannelSettle:
             raise InvalidTransaction(
                 f"IOU of {iou.cumulative} is above the channel deposit of {terms[1]}"
             )
-        return (client, *terms, iou.to_fields())
+        amount = as_int(fields[7], "channel_settle amount", lo=1, hi=iou.cumulative)
+        return (client, *terms, iou.to_fields(), amount)
 
     def plan(self, view: LedgerView, tx: Transaction) -> Sequence[Move]:
         terms = self.terms(tx)
         iou = Iou.from_fields(tx.payload[6])
+        amount = tx.payload[7]
         try:
             terms.check_iou(tx.chain, iou)
         except RemoteProtocolError as exc:
             raise TxFailed(str(exc)) from None
         lock = lock_bucket(tx.chain, terms)
-        moves = [Move(lock, balance_of(terms.provider), iou.cumulative)]
-        if terms.deposit > iou.cumulative:
-            moves.append(Move(lock, balance_of(terms.client), terms.deposit - iou.cumulative))
+        moves = [Move(lock, balance_of(terms.provider), amount)]
+        if terms.deposit > amount:
+            moves.append(Move(lock, balance_of(terms.client), terms.deposit - amount))
         return moves
 
     def terms(self, tx: Transaction) -> ChannelTerms:
-        client, open_nonce, deposit, expiry_ms, scheme, raw, _ = tx.payload
+        client, open_nonce, deposit, expiry_ms, scheme, raw, _, _ = tx.payload
         key = PublicKey(Scheme(scheme), raw)
         return ChannelTerms(client, open_nonce, tx.account, deposit, expiry_ms, key)
 
@@ -346,8 +351,9 @@ def open_payload(
     return (provider, deposit, expiry_ms, int(iou_key.scheme), iou_key.raw)
 
 
-def settle_payload(terms: ChannelTerms, iou: Iou) -> tuple[Any, ...]:
-    """The payload of the provider's `channel_settle` of the channel `terms` with `iou`."""
+def settle_payload(terms: ChannelTerms, iou: Iou, amount: int | None = None) -> tuple[Any, ...]:
+    """The payload of the provider's `channel_settle` of the channel `terms` with `iou`,
+    claiming `amount` (default: all the IOU says)."""
     key = terms.iou_key
     return (
         terms.client,
@@ -357,6 +363,7 @@ def settle_payload(terms: ChannelTerms, iou: Iou) -> tuple[Any, ...]:
         int(key.scheme),
         key.raw,
         iou.to_fields(),
+        iou.cumulative if amount is None else amount,
     )
 
 

@@ -86,6 +86,17 @@ def test_open_locks_the_deposit_and_settle_pays_the_provider_and_returns_the_res
     assert not is_open(ledger, CHAIN, terms)
 
 
+def test_a_provider_claims_what_was_used_and_never_more_than_the_iou() -> None:
+    ledger = _ledger()
+    open_tx, terms = _open()
+    iou = _iou(terms, 50, seq=2)
+    settle = _tx(PROVIDER, 0, "channel_settle", settle_payload(terms, iou, 21))
+    assert _accept(ledger, open_tx, settle) == [True, True]
+    assert _balances(ledger) == (979, 21, 0) and ledger.total_locked == 0
+    with pytest.raises(DecodeError, match="amount"):
+        _tx(PROVIDER, 1, "channel_settle", settle_payload(terms, iou, 51))
+
+
 def test_close_returns_the_whole_deposit() -> None:
     ledger = _ledger()
     open_tx, terms = _open()
