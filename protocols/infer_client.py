@@ -61,15 +61,21 @@ class InferChannel:
                 self._nursery.start_soon(self._reader, framed)
             return self._framed
 
-    async def call(self, request: wire.Request) -> wire.TextResult | wire.ArrayResult:
-        """Send `request` and wait for its answer; the caller bounds the wait."""
+    async def call(
+        self, request: wire.Request, pay: Callable[[], bytes] | None = None
+    ) -> wire.TextResult | wire.ArrayResult:
+        """Send `request` and wait for its answer; the caller bounds the wait. `pay` makes the
+        call's IOU; it runs under the send lock, so IOUs go out in the order they are made."""
         framed = await self._stream()
         pending = self._pending[request.id] = _Pending()
         try:
             async with self._send_lock:
                 sent = False
                 try:
-                    await framed.send(request.encode())
+                    body = request.encode()
+                    if pay is not None:
+                        body["pay"] = pay()
+                    await framed.send(body)
                     sent = True
                 finally:
                     if not sent:

@@ -6,6 +6,10 @@ queue is bounded and a full one answers "busy" at once; one peer may hold only s
 in flight, so a flood from one peer leaves the others served. numpy work that takes long
 (generation, large batches) runs in worker threads; a small forward pass runs inline, where a
 thread hop would cost more than the pass.
+
+A node that serves for pay has a `PaymentGate`: each request is admitted (its IOU checked
+against the channel and the call's largest cost) in the order it came off the stream, before
+any work; the answer is charged (stored, receipt signed) before it is sent.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +52,27 @@ class ServeLimits:
 
 class Busy(SwarmError):
     """The expert's queue is full, or the caller has too many calls open."""
+
+
+class PaymentRefused(SwarmError):
+    """A paid request the provider will not serve: no IOU, a bad one, or one too small."""
+
+
+class PaymentGate(Protocol):
+    """The market's hook into the call path (see `node.market_provider`)."""
+
+    def admit(self, peer: str, request: wire.Request) -> object | None:
+        """Check the request's payment; a ticket for `charge`, or None for a free call.
+        Raises `PaymentRefused`."""
+        ...
+
+    def charge(self, ticket: object, request: wire.Request, result: wire.Result) -> list[Any]:
+        """Charge an answered call, durably, and return its signed receipt (wire form)."""
+        ...
+
+    def release(self, ticket: object) -> None:
+        """The admitted call failed: nothing is charged."""
+        ...
 
 
 class CallError(SwarmError):
@@ -128,8 +153,14 @@ class TensorBatcher:
 class ExpertHost:
     """The experts this node serves, by id, and the call path to each."""
 
-    def __init__(self, experts: list[Expert], limits: ServeLimits | None = None) -> None:
+    def __init__(
+        self,
+        experts: list[Expert],
+        limits: ServeLimits | None = None,
+        gate: PaymentGate | None = None,
+    ) -> None:
         self.limits = limits or ServeLimits()
+        self.gate = gate
         self.experts = {e.expert_id: e for e in experts}
         self._batchers = {
             e.expert_id: TensorBatcher(e, self.limits)
@@ -174,6 +205,7 @@ class ExpertHost:
                 if body is None:
                     break
                 refusal: wire.ErrorResult | None = None
+                ticket: object | None = None
                 try:
                     request = wire.decode_request(body, peer=peer)
                 except RemoteProtocolError as exc:
@@ -185,6 +217,11 @@ class ExpertHost:
                         refusal = wire.ErrorResult(
                             request.id, "busy", "too many calls open from this peer"
                         )
+                    elif self.gate is not None:
+                        try:
+                            ticket = self.gate.admit(peer, request)
+                        except PaymentRefused as exc:
+                            refusal = wire.ErrorResult(request.id, "payment", str(exc))
                 if refusal is not None:
                     try:
                         await answer(refusal)
@@ -194,15 +231,24 @@ class ExpertHost:
                         break
                     continue
                 self._inflight[peer] += 1
-                nursery.start_soon(self._handle, peer, request, answer)
+                nursery.start_soon(self._handle, peer, request, answer, ticket)
         if failure is not None:
             raise failure
 
     async def _handle(
-        self, peer: str, request: wire.Request, answer: Callable[[wire.Result], object]
+        self,
+        peer: str,
+        request: wire.Request,
+        answer: Callable[[wire.Result], object],
+        ticket: object | None = None,
     ) -> None:
+        charged = False
         try:
             result = await self.call(request)
+            if ticket is not None:
+                assert self.gate is not None and not isinstance(result, wire.ErrorResult)
+                result = replace(result, receipt=self.gate.charge(ticket, request, result))
+                charged = True
         except Busy as exc:
             result = wire.ErrorResult(request.id, "busy", str(exc))
         except CallError as exc:
@@ -213,6 +259,9 @@ class ExpertHost:
             log.warning("call to %s failed: %s", request.expert[:12], exc)
             result = wire.ErrorResult(request.id, "internal", str(exc))
         finally:
+            if ticket is not None and not charged:
+                assert self.gate is not None
+                self.gate.release(ticket)
             self._inflight[peer] -= 1
             if self._inflight[peer] <= 0:
                 del self._inflight[peer]  # one key per peer with calls open, not per peer ever

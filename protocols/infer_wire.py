@@ -16,6 +16,10 @@ may come back in any order.
 
 `deadline_ms` is the time the caller still gives the call, relative, so no clocks need to
 agree. For a tensor call the billable tokens are the rows in and the rows out.
+
+A paid call adds `"pay": bytes` (the client's IOU) to the request, and the provider adds
+`"receipt": [...]` to the answer, or refuses with the error code "payment" (see
+`protocols.market_wire`).
 """
 
 from __future__ import annotations
@@ -33,7 +37,20 @@ VERSION = 1
 MAX_FRAME = 4 << 20
 MAX_PROMPT_CHARS = 16_384
 MAX_TENSOR_CELLS = 1 << 20
-ERROR_CODES = ("unknown_expert", "bad_input", "busy", "deadline", "internal")
+ERROR_CODES = ("unknown_expert", "bad_input", "busy", "deadline", "internal", "payment")
+MAX_PAY_BYTES = 256
+
+
+def _paid(body: dict[str, Any], pay: bytes | None) -> dict[str, Any]:
+    if pay is not None:
+        body["pay"] = pay
+    return body
+
+
+def _receipted(body: dict[str, Any], receipt: list[Any] | None) -> dict[str, Any]:
+    if receipt is not None:
+        body["receipt"] = receipt
+    return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,20 +63,24 @@ class GenerateRequest:
     temperature: float = 0.0
     top_k: int = 0
     seed: int = 0
+    pay: bytes | None = None
 
     def encode(self) -> dict[str, Any]:
-        return {
-            "t": "gen",
-            "v": VERSION,
-            "id": self.id,
-            "expert": self.expert,
-            "deadline_ms": self.deadline_ms,
-            "prompt": self.prompt,
-            "max_tokens": self.max_tokens,
-            "temperature": float(self.temperature),
-            "top_k": self.top_k,
-            "seed": self.seed,
-        }
+        return _paid(
+            {
+                "t": "gen",
+                "v": VERSION,
+                "id": self.id,
+                "expert": self.expert,
+                "deadline_ms": self.deadline_ms,
+                "prompt": self.prompt,
+                "max_tokens": self.max_tokens,
+                "temperature": float(self.temperature),
+                "top_k": self.top_k,
+                "seed": self.seed,
+            },
+            self.pay,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +91,7 @@ class TensorRequest:
     rows: int
     cols: int
     data: bytes
+    pay: bytes | None = None
 
     @classmethod
     def of(cls, id: int, expert: str, deadline_ms: int, array: npt.ArrayLike) -> TensorRequest:
@@ -82,16 +104,19 @@ class TensorRequest:
         return np.frombuffer(self.data, dtype="<f4").reshape(self.rows, self.cols)
 
     def encode(self) -> dict[str, Any]:
-        return {
-            "t": "tensor",
-            "v": VERSION,
-            "id": self.id,
-            "expert": self.expert,
-            "deadline_ms": self.deadline_ms,
-            "rows": self.rows,
-            "cols": self.cols,
-            "data": self.data,
-        }
+        return _paid(
+            {
+                "t": "tensor",
+                "v": VERSION,
+                "id": self.id,
+                "expert": self.expert,
+                "deadline_ms": self.deadline_ms,
+                "rows": self.rows,
+                "cols": self.cols,
+                "data": self.data,
+            },
+            self.pay,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,18 +127,22 @@ class TextResult:
     tokens_in: int
     tokens_out: int
     compute_us: int
+    receipt: list[Any] | None = None
 
     def encode(self) -> dict[str, Any]:
-        return {
-            "t": "text",
-            "v": VERSION,
-            "id": self.id,
-            "expert": self.expert,
-            "text": self.text,
-            "tokens_in": self.tokens_in,
-            "tokens_out": self.tokens_out,
-            "compute_us": self.compute_us,
-        }
+        return _receipted(
+            {
+                "t": "text",
+                "v": VERSION,
+                "id": self.id,
+                "expert": self.expert,
+                "text": self.text,
+                "tokens_in": self.tokens_in,
+                "tokens_out": self.tokens_out,
+                "compute_us": self.compute_us,
+            },
+            self.receipt,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,23 +155,27 @@ class ArrayResult:
     tokens_in: int
     tokens_out: int
     compute_us: int
+    receipt: list[Any] | None = None
 
     def array(self) -> npt.NDArray[np.float32]:
         return np.frombuffer(self.data, dtype="<f4").reshape(self.rows, self.cols)
 
     def encode(self) -> dict[str, Any]:
-        return {
-            "t": "array",
-            "v": VERSION,
-            "id": self.id,
-            "expert": self.expert,
-            "rows": self.rows,
-            "cols": self.cols,
-            "data": self.data,
-            "tokens_in": self.tokens_in,
-            "tokens_out": self.tokens_out,
-            "compute_us": self.compute_us,
-        }
+        return _receipted(
+            {
+                "t": "array",
+                "v": VERSION,
+                "id": self.id,
+                "expert": self.expert,
+                "rows": self.rows,
+                "cols": self.cols,
+                "data": self.data,
+                "tokens_in": self.tokens_in,
+                "tokens_out": self.tokens_out,
+                "compute_us": self.compute_us,
+            },
+            self.receipt,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +228,9 @@ def decode_request(body: dict[str, Any], *, peer: str) -> Request:
     request_id = _count(body, "id", peer, 2**63)
     expert = _expert(body, peer)
     deadline = _count(body, "deadline_ms", peer, 600_000)
+    pay = body.get("pay")
+    if pay is not None and not (isinstance(pay, bytes) and len(pay) <= MAX_PAY_BYTES):
+        raise RemoteProtocolError(f"{body['t']}: pay must be at most {MAX_PAY_BYTES} bytes")
     if body["t"] == "gen":
         temperature = field(body, "temperature", (int, float), peer=peer)
         if not 0.0 <= float(temperature) <= 10.0:
@@ -208,10 +244,11 @@ def decode_request(body: dict[str, Any], *, peer: str) -> Request:
             temperature=float(temperature),
             top_k=_count(body, "top_k", peer, 1 << 16),
             seed=_count(body, "seed", peer, 2**63),
+            pay=pay,
         )
     if body["t"] == "tensor":
         rows, cols, data = _tensor_shape(body, peer)
-        return TensorRequest(request_id, expert, deadline, rows, cols, data)
+        return TensorRequest(request_id, expert, deadline, rows, cols, data, pay)
     raise RemoteProtocolError(f"unknown infer request type {body['t']!r}", peer=peer)
 
 
@@ -228,10 +265,15 @@ def decode_result(body: dict[str, Any], *, peer: str) -> Result:
     tokens_in = _count(body, "tokens_in", peer, 1 << 30)
     tokens_out = _count(body, "tokens_out", peer, 1 << 30)
     compute_us = _count(body, "compute_us", peer, 1 << 40)
+    receipt = body.get("receipt")
+    if receipt is not None and not isinstance(receipt, list):
+        raise RemoteProtocolError(f"{body['t']}: receipt must be an array", peer=peer)
     if body["t"] == "text":
         text = field(body, "text", str, peer=peer, max_len=1 << 20)
-        return TextResult(request_id, expert, text, tokens_in, tokens_out, compute_us)
+        return TextResult(request_id, expert, text, tokens_in, tokens_out, compute_us, receipt)
     if body["t"] == "array":
         rows, cols, data = _tensor_shape(body, peer)
-        return ArrayResult(request_id, expert, rows, cols, data, tokens_in, tokens_out, compute_us)
+        return ArrayResult(
+            request_id, expert, rows, cols, data, tokens_in, tokens_out, compute_us, receipt
+        )
     raise RemoteProtocolError(f"unknown infer result type {body['t']!r}", peer=peer)

@@ -1,0 +1,195 @@
+"""The client's side of the market: channels it has opened, the IOUs it signs, the receipts
+it checks.
+
+Per provider account there is at most one open channel. A call `reserve`s its largest cost on
+it (refused when the channel cannot pay: the caller opens another), `sign`s an IOU for what
+the client counts it owes plus every reservation, and `record`s the receipt of the answer:
+checked against the provider's host key, the request and answer it names, and the client's
+own count of the tokens. A receipt that claims more than the client counted is kept, marked
+disputed, and the client goes on paying by its own count; the provider can never claim more
+than the newest IOU, which names the client's count plus open reservations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dag.channels import ChannelTerms, Iou, channel_id
+from dag.crypto import Scheme, SigningKey
+from dag.errors import RemoteProtocolError
+from experts.tokens import count_tokens
+from node.market_store import ChannelRow, MarketStore
+from protocols import infer_wire as wire
+from protocols import market_wire as mw
+
+
+@dataclass
+class ClientChannel:
+    row: ChannelRow
+    terms: ChannelTerms
+    key: SigningKey
+    owed_milli: int  # what we count we owe: the sum of our own count of every answer
+    seq: int
+    reserved_milli: int = 0
+
+    @property
+    def id(self) -> bytes:
+        return self.row.id
+
+    def room_milli(self) -> int:
+        return self.terms.deposit * 1000 - self.owed_milli - self.reserved_milli
+
+
+@dataclass(frozen=True, slots=True)
+class PayTicket:
+    channel: ClientChannel
+    provider: str
+    request: wire.Request
+    price: int
+    max_cost_milli: int
+
+
+@dataclass(frozen=True, slots=True)
+class Paid:
+    """What one answer cost, by the client's count, and whether the receipt agreed."""
+
+    cost_milli: int
+    receipt: mw.Receipt
+    disputed: str
+
+
+class Purse:
+    def __init__(
+        self, store: MarketStore, chain: bytes, host_key_of: Callable[[str], bytes | None]
+    ) -> None:
+        self.store = store
+        self.chain = chain
+        self._host_key_of = host_key_of
+        self._open: dict[bytes, ClientChannel] = {}  # by provider account
+        for row in store.channels(role="client", state="open"):
+            self.adopt(row)
+
+    def adopt(self, row: ChannelRow, terms: ChannelTerms | None = None) -> ClientChannel:
+        """Use a channel (just opened, or kept from before a restart)."""
+        assert row.iou_key is not None
+        key = SigningKey(Scheme.ED25519, row.iou_key)
+        if terms is None:
+            from dag.kinds import default_registry
+            from dag.tx import Transaction
+
+            tx = Transaction.from_bytes(row.open_tx, default_registry(), chain=self.chain)
+            terms = ChannelTerms.of_open(tx)
+        channel = ClientChannel(row, terms, key, row.charged_milli, row.seq)
+        self._open[row.counterpart] = channel
+        return channel
+
+    def channel(self, provider_account: bytes) -> ClientChannel | None:
+        return self._open.get(provider_account)
+
+    def resume(self, channel: ClientChannel, state: mw.ChannelState) -> None:
+        """Take the provider's count of seq (ours may be behind after a restart)."""
+        channel.seq = max(channel.seq, state.seq)
+
+    def ended(self, provider_account: bytes, state: str = "ending") -> None:
+        channel = self._open.pop(provider_account, None)
+        if channel is not None:
+            self.store.set_state(channel.id, state)
+
+    def reserve(
+        self, channel: ClientChannel, provider: str, request: wire.Request, price: int
+    ) -> PayTicket | None:
+        """Reserve the call's largest cost; None if the channel cannot pay for it."""
+        max_tokens = (
+            2 * request.rows
+            if isinstance(request, wire.TensorRequest)
+            else count_tokens(request.prompt) + request.max_tokens
+        )
+        max_cost = mw.cost_milli(max_tokens, price)
+        if max_cost > channel.room_milli():
+            return None
+        channel.reserved_milli += max_cost
+        return PayTicket(channel, provider, request, price, max_cost)
+
+    def sign(self, ticket: PayTicket) -> bytes:
+        """The IOU for a reserved call (called as the request goes on the wire)."""
+        channel = ticket.channel
+        channel.seq += 1
+        cumulative = mw.credits_for(channel.owed_milli + channel.reserved_milli)
+        iou = Iou.create(channel.key, channel.id, max(1, cumulative), channel.seq)
+        return iou.to_bytes()
+
+    def release(self, ticket: PayTicket) -> None:
+        ticket.channel.reserved_milli -= ticket.max_cost_milli
+
+    def record(self, ticket: PayTicket, result: wire.TextResult | wire.ArrayResult) -> Paid:
+        """Check and keep the receipt of an answer; `RemoteProtocolError` if it is not one
+        (unsigned, forged, or for another call). The reservation is released either way."""
+        channel = ticket.channel
+        channel.reserved_milli -= ticket.max_cost_milli
+        if result.receipt is None:
+            raise RemoteProtocolError("a paid answer came without a receipt", peer=ticket.provider)
+        receipt = mw.Receipt.from_wire(result.receipt)
+        host_key = self._host_key_of(ticket.provider)
+        if host_key is None:
+            raise RemoteProtocolError("no host key for the provider", peer=ticket.provider)
+        receipt.verify(host_key)
+        if receipt.channel_id != channel.id or receipt.expert != ticket.request.expert:
+            raise RemoteProtocolError("receipt for another channel or expert")
+        if receipt.request_hash != mw.request_digest(ticket.request):
+            raise RemoteProtocolError("receipt names another request", peer=ticket.provider)
+        if receipt.output_hash != mw.output_digest(result):
+            raise RemoteProtocolError("receipt names another answer", peer=ticket.provider)
+        tokens = _our_count(ticket.request, result)
+        ours = mw.cost_milli(tokens, min(ticket.price, receipt.price_per_1k))
+        disputed = ""
+        if receipt.cost_milli > ours or receipt.tokens_in + receipt.tokens_out > tokens:
+            disputed = (
+                f"receipt claims {receipt.cost_milli / 1000:.3f} credits "
+                f"({receipt.tokens_in}+{receipt.tokens_out} tokens), we count {ours / 1000:.3f}"
+            )
+        channel.owed_milli += ours
+        self.store.record(
+            "client",
+            ticket.provider,
+            channel.terms.provider,
+            receipt,
+            b"",
+            charged_milli=channel.owed_milli,
+            disputed=disputed,
+        )
+        return Paid(ours, receipt, disputed)
+
+
+def _our_count(request: wire.Request, result: wire.TextResult | wire.ArrayResult) -> int:
+    """Tokens as the client counts them, the same way the provider must."""
+    if isinstance(request, wire.TensorRequest):
+        assert isinstance(result, wire.ArrayResult)
+        return request.rows + result.rows
+    assert isinstance(result, wire.TextResult)
+    return count_tokens(request.prompt) + count_tokens(result.text)
+
+
+def new_channel_row(
+    *,
+    chain: bytes,
+    provider_peer: str,
+    terms: ChannelTerms,
+    open_tx: bytes,
+    key: SigningKey,
+) -> ChannelRow:
+    return ChannelRow(
+        channel_id(chain, terms),
+        "client",
+        provider_peer,
+        terms.provider,
+        open_tx,
+        terms.deposit,
+        terms.expiry_ms,
+        0,
+        0,
+        None,
+        key.seed,
+        "opening",
+        None,
+    )

@@ -1,0 +1,269 @@
+"""The provider's side of the market: which calls it serves for pay, and what it charges.
+
+`Till` is the `PaymentGate` of `protocols.infer_server`: for every paid request, in the order
+the requests came off the stream, `admit` checks the IOU against the channel (accepted on the
+DAG and told to us over `/swarm/market/1.0.0`), the client, the limits and the call's largest
+cost, and reserves that cost; `charge` counts the tokens actually served, stores the IOU and
+the new total with the receipt in one transaction, and signs the receipt; `release` drops the
+reservation of a call that failed. No consensus round is on this path.
+
+An IOU is admitted when its sequence number is above every earlier one of the channel (a
+replay is refused) and its amount covers what the channel has charged, what calls still open
+have reserved, and this call's largest cost. So the newest IOU always pays for every answer
+sent, and the provider settles with it, claiming only what it charged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from dag.channels import ChannelTerms, Iou
+from dag.errors import RemoteProtocolError
+from dag.kinds import default_registry
+from dag.tx import Transaction
+from experts.tokens import count_tokens
+from node.market_store import ChannelRow, MarketStore
+from protocols import infer_wire as wire
+from protocols import market_wire as mw
+from protocols.infer_server import PaymentRefused
+
+
+@dataclass(frozen=True, slots=True)
+class MarketPolicy:
+    """The provider's terms, from the `[market]` config section."""
+
+    serve_paid: bool = False
+    price_ceiling: int = 0  # 0: the price stays at the floor (the announced price)
+    max_tokens_per_request: int = 8_192
+    client_tokens_per_day: int = 1_000_000
+    tokens_per_day: int = 10_000_000
+    quote_valid_ms: int = 30_000
+    settle_margin_ms: int = 120_000  # settle this long before a channel's expiry
+
+
+@dataclass
+class _Open:
+    """A channel being served: its terms and the counts not yet final."""
+
+    row: ChannelRow
+    terms: ChannelTerms
+    charged_milli: int
+    seq: int
+    reserved_milli: int = 0
+    quotes: dict[str, tuple[int, int]] = field(default_factory=dict)  # expert: (price, until)
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    channel: _Open
+    iou: Iou
+    iou_bytes: bytes
+    price: int
+    max_cost_milli: int
+    max_tokens: int
+
+
+class Till:
+    def __init__(
+        self,
+        *,
+        policy: MarketPolicy,
+        store: MarketStore,
+        chain: bytes,
+        account_of: Callable[[str], bytes | None],
+        floor_price: Callable[[str], int | None],
+        queue_depth: Callable[[str], int],
+        queue_cap: int,
+        host_sign: Callable[[bytes], bytes],
+        now_ms: Callable[[], int],
+    ) -> None:
+        self.policy = policy
+        self.store = store
+        self.chain = chain
+        self._account_of = account_of
+        self._floor = floor_price
+        self._depth = queue_depth
+        self._queue_cap = max(1, queue_cap)
+        self._sign = host_sign
+        self._now_ms = now_ms
+        self._open: dict[bytes, _Open] = {}
+        self._served_today = store.tokens_today("provider")
+        self._client_today: dict[bytes, int] = {}  # filled from the store on first use
+        self._day = now_ms() // 86_400_000
+        for row in store.channels(role="provider", state="open"):
+            self._serve(row)
+
+    # -- prices and channels --------------------------------------------------------------
+
+    def price(self, expert: str) -> int | None:
+        """The price per 1,000 tokens now: the floor, raised with the queue up to the ceiling."""
+        floor = self._floor(expert)
+        if floor is None:
+            return None
+        ceiling = self.policy.price_ceiling
+        if ceiling <= floor:
+            return floor
+        load = min(1.0, self._depth(expert) / self._queue_cap)
+        return floor + round((ceiling - floor) * load)
+
+    def quote(self, experts: list[str], client: bytes | None) -> mw.Quote:
+        prices = {e: p for e in experts if (p := self.price(e)) is not None}
+        until = self._now_ms() + self.policy.quote_valid_ms
+        for channel in self._open.values():
+            if client is not None and channel.terms.client == client:
+                channel.quotes.update({e: (p, until) for e, p in prices.items()})
+        return mw.Quote(prices, self.policy.quote_valid_ms)
+
+    def register(self, peer: str, row: ChannelRow, terms: ChannelTerms) -> _Open:
+        """Serve a channel the DAG has accepted for us (the caller checked its lock)."""
+        known = self._open.get(row.id)
+        if known is not None:
+            return known
+        stored = self.store.channel(row.id)
+        if stored is None:
+            self.store.put_channel(row)
+            stored = row
+        elif stored.state != "open":
+            raise RemoteProtocolError(f"channel {row.id.hex()[:16]} has ended ({stored.state})")
+        return self._serve(stored, terms)
+
+    def _serve(self, row: ChannelRow, terms: ChannelTerms | None = None) -> _Open:
+        if terms is None:
+            tx = Transaction.from_bytes(row.open_tx, default_registry(), chain=self.chain)
+            terms = ChannelTerms.of_open(tx)
+        channel = _Open(row, terms, row.charged_milli, row.seq)
+        self._open[row.id] = channel
+        return channel
+
+    def state(self, channel_id: bytes) -> _Open | None:
+        return self._open.get(channel_id)
+
+    def to_settle(self, *, idle_ms: int | None = None) -> list[_Open]:
+        """Channels to end now: near their expiry, or (given `idle_ms`) quiet that long."""
+        now = self._now_ms()
+        due = []
+        for channel in self._open.values():
+            if channel.reserved_milli or not channel.charged_milli:
+                continue
+            near = now >= channel.terms.expiry_ms - self.policy.settle_margin_ms
+            if near or idle_ms is not None:
+                due.append(channel)
+        return due
+
+    def ending(self, channel_id: bytes, end_tx: bytes) -> None:
+        """We sent the channel's settle: serve it no more."""
+        self._open.pop(channel_id, None)
+        self.store.set_state(channel_id, "ending", end_tx)
+
+    # -- the call path (PaymentGate) ------------------------------------------------------
+
+    def admit(self, peer: str, request: wire.Request) -> Ticket | None:
+        if request.pay is None:
+            if self.policy.serve_paid:
+                raise PaymentRefused("this provider serves for pay: the call needs an IOU")
+            return None
+        if not self.policy.serve_paid:
+            return None  # we serve for free; the IOU is not needed
+        try:
+            iou = Iou.from_bytes(request.pay)
+        except RemoteProtocolError as exc:
+            raise PaymentRefused(f"bad IOU: {exc}") from None
+        channel = self._open.get(iou.channel_id)
+        if channel is None:
+            raise PaymentRefused(f"no open channel {iou.channel_id.hex()[:16]} here")
+        terms = channel.terms
+        if self._account_of(peer) != terms.client:
+            raise PaymentRefused("the channel belongs to another account")
+        if iou.seq <= channel.seq:
+            raise PaymentRefused(f"replayed IOU: seq {iou.seq} is not above {channel.seq}")
+        if self._now_ms() >= terms.expiry_ms - self.policy.settle_margin_ms:
+            raise PaymentRefused("the channel is about to expire: open another")
+        try:
+            terms.check_iou(self.chain, iou)
+        except RemoteProtocolError as exc:
+            raise PaymentRefused(f"bad IOU: {exc}") from None
+        max_tokens = _max_tokens(request)
+        if max_tokens > self.policy.max_tokens_per_request:
+            raise PaymentRefused(
+                f"{max_tokens} tokens is over the cap of {self.policy.max_tokens_per_request}"
+            )
+        self._limit_day(terms.client, max_tokens)
+        price = self._price_for(channel, request.expert)
+        max_cost = mw.cost_milli(max_tokens, price)
+        owed = channel.charged_milli + channel.reserved_milli + max_cost
+        if iou.cumulative * 1000 < owed:
+            raise PaymentRefused(
+                f"IOU of {iou.cumulative} credits does not cover {mw.credits_for(owed)}"
+            )
+        channel.seq = iou.seq
+        channel.reserved_milli += max_cost
+        return Ticket(channel, iou, request.pay, price, max_cost, max_tokens)
+
+    def charge(self, ticket: object, request: wire.Request, result: wire.Result) -> list[object]:
+        assert isinstance(ticket, Ticket) and not isinstance(result, wire.ErrorResult)
+        channel = ticket.channel
+        tokens = min(result.tokens_in + result.tokens_out, ticket.max_tokens)
+        cost = mw.cost_milli(tokens, ticket.price)
+        channel.reserved_milli -= ticket.max_cost_milli
+        channel.charged_milli += cost
+        receipt = mw.Receipt(
+            channel.row.id,
+            ticket.iou.seq,
+            request.expert,
+            mw.request_digest(request),
+            mw.output_digest(result),
+            result.tokens_in,
+            result.tokens_out,
+            ticket.price,
+            cost,
+            channel.charged_milli,
+        )
+        signed = replace(receipt, signature=self._sign(receipt.message()))
+        self.store.record(
+            "provider",
+            "",
+            channel.terms.client,
+            signed,
+            b"",
+            charged_milli=channel.charged_milli,
+            iou=ticket.iou_bytes,
+        )
+        self._served_today += tokens
+        client = channel.terms.client
+        self._client_today[client] = self._client_today.get(client, 0) + tokens
+        return signed.to_wire()
+
+    def release(self, ticket: object) -> None:
+        assert isinstance(ticket, Ticket)
+        ticket.channel.reserved_milli -= ticket.max_cost_milli
+
+    def _price_for(self, channel: _Open, expert: str) -> int:
+        price = self.price(expert)
+        if price is None:
+            raise PaymentRefused(f"this node hosts no expert {expert[:16]}")
+        quoted = channel.quotes.get(expert)
+        if quoted is not None and quoted[1] >= self._now_ms():
+            price = min(price, quoted[0])
+        return price
+
+    def _limit_day(self, client: bytes, tokens: int) -> None:
+        day = self._now_ms() // 86_400_000
+        if day != self._day:
+            self._day, self._served_today = day, 0
+            self._client_today.clear()
+        if self._served_today + tokens > self.policy.tokens_per_day:
+            raise PaymentRefused("this provider has served its tokens for the day")
+        used = self._client_today.get(client)
+        if used is None:
+            used = self._client_today[client] = self.store.tokens_today("provider", client)
+        if used + tokens > self.policy.client_tokens_per_day:
+            raise PaymentRefused("this client has used its tokens for the day here")
+
+
+def _max_tokens(request: wire.Request) -> int:
+    """The most tokens a call can be charged: a tensor call's rows in and out (the same
+    count), a generation's prompt and `max_tokens`."""
+    if isinstance(request, wire.TensorRequest):
+        return 2 * request.rows
+    return count_tokens(request.prompt) + request.max_tokens

@@ -1,0 +1,313 @@
+"""The market's durable state: `market.sqlite` in the data dir (stdlib `sqlite3`, WAL).
+
+Both sides of a channel keep it here: the client (its IOU key, its own count of what it owes,
+the receipts it got) and the provider (the latest IOU it admitted, what it charged, the
+receipts it signed). A provider writes the IOU and the charge in one transaction before it
+sends the answer, so a kill -9 after answering loses nothing it could settle. Calls are small
+and inline (WAL with synchronous=NORMAL does not sync on commit); the trio loop owns the one
+connection.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dag.errors import SwarmError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS channels (
+    id BLOB PRIMARY KEY, role TEXT NOT NULL, peer TEXT NOT NULL, counterpart BLOB NOT NULL,
+    open_tx BLOB NOT NULL, deposit INTEGER NOT NULL, expiry_ms INTEGER NOT NULL,
+    charged_milli INTEGER NOT NULL DEFAULT 0, seq INTEGER NOT NULL DEFAULT 0, iou BLOB,
+    iou_key BLOB, state TEXT NOT NULL, end_tx BLOB, updated_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS receipts (
+    channel BLOB NOT NULL, seq INTEGER NOT NULL, role TEXT NOT NULL, peer TEXT NOT NULL,
+    counterpart BLOB NOT NULL, expert TEXT NOT NULL, tokens_in INTEGER NOT NULL,
+    tokens_out INTEGER NOT NULL, price INTEGER NOT NULL, cost_milli INTEGER NOT NULL,
+    charged_milli INTEGER NOT NULL, body BLOB NOT NULL, at_ms INTEGER NOT NULL,
+    disputed TEXT NOT NULL DEFAULT '', PRIMARY KEY (channel, seq));
+CREATE INDEX IF NOT EXISTS receipts_day ON receipts (at_ms);
+"""
+
+
+class MarketStoreError(SwarmError):
+    """The market file cannot be used; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRow:
+    id: bytes
+    role: str  # "client" or "provider"
+    peer: str  # the other side's peer id
+    counterpart: bytes  # the other side's account
+    open_tx: bytes
+    deposit: int
+    expiry_ms: int
+    charged_milli: int
+    seq: int
+    iou: bytes | None
+    iou_key: bytes | None  # the client's IOU key seed (client side only)
+    state: str  # open, ending, ended
+    end_tx: bytes | None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "channel": self.id.hex(),
+            "role": self.role,
+            "peer": self.peer,
+            "counterpart": self.counterpart.hex(),
+            "deposit": self.deposit,
+            "expiry_ms": self.expiry_ms,
+            "charged": self.charged_milli / 1000,
+            "seq": self.seq,
+            "state": self.state,
+            "end_tx": self.end_tx.hex() if self.end_tx else None,
+        }
+
+
+_COLUMNS = "id, role, peer, counterpart, open_tx, deposit, expiry_ms, charged_milli, seq, iou, "
+_COLUMNS += "iou_key, state, end_tx"
+
+
+def _row(r: tuple[Any, ...]) -> ChannelRow:
+    return ChannelRow(
+        bytes(r[0]),
+        r[1],
+        r[2],
+        bytes(r[3]),
+        bytes(r[4]),
+        r[5],
+        r[6],
+        r[7],
+        r[8],
+        None if r[9] is None else bytes(r[9]),
+        None if r[10] is None else bytes(r[10]),
+        r[11],
+        None if r[12] is None else bytes(r[12]),
+    )
+
+
+class MarketStore:
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        self._conn = conn
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str | Path) -> MarketStore:
+        where = str(path)
+        try:
+            conn = sqlite3.connect(where, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA schema_version")  # opens the file now
+        except sqlite3.Error as exc:
+            raise MarketStoreError(f"cannot open market store {where}: {exc}") from None
+        try:
+            if conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise MarketStoreError(f"market store {where} failed its integrity check")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise MarketStoreError(f"market store {where} is damaged: {exc}") from None
+        return cls(conn, where)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # -- channels -------------------------------------------------------------------------
+
+    def put_channel(self, row: ChannelRow) -> None:
+        self._conn.execute(
+            f"INSERT OR REPLACE INTO channels ({_COLUMNS}, updated_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.id,
+                row.role,
+                row.peer,
+                row.counterpart,
+                row.open_tx,
+                row.deposit,
+                row.expiry_ms,
+                row.charged_milli,
+                row.seq,
+                row.iou,
+                row.iou_key,
+                row.state,
+                row.end_tx,
+                _now_ms(),
+            ),
+        )
+
+    def channels(self, role: str | None = None, state: str | None = None) -> list[ChannelRow]:
+        sql = f"SELECT {_COLUMNS} FROM channels WHERE 1 = 1"
+        args: list[Any] = []
+        if role is not None:
+            sql += " AND role = ?"
+            args.append(role)
+        if state is not None:
+            sql += " AND state = ?"
+            args.append(state)
+        return [_row(r) for r in self._conn.execute(sql + " ORDER BY updated_ms", args)]
+
+    def channel(self, channel_id: bytes) -> ChannelRow | None:
+        r = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM channels WHERE id = ?", (channel_id,)
+        ).fetchone()
+        return None if r is None else _row(r)
+
+    def set_state(self, channel_id: bytes, state: str, end_tx: bytes | None = None) -> None:
+        self._conn.execute(
+            "UPDATE channels SET state = ?, end_tx = COALESCE(?, end_tx), updated_ms = ? "
+            "WHERE id = ?",
+            (state, end_tx, _now_ms(), channel_id),
+        )
+
+    # -- receipts -------------------------------------------------------------------------
+
+    def record(
+        self,
+        role: str,
+        peer: str,
+        counterpart: bytes,
+        receipt: Any,
+        body: bytes,
+        *,
+        charged_milli: int,
+        iou: bytes | None = None,
+        disputed: str = "",
+    ) -> None:
+        """One answered call, in one transaction: the receipt, and the channel's new total
+        (and, provider side, the IOU that pays for it when it is the newest)."""
+        c = self._conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute(
+                "INSERT OR REPLACE INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    receipt.channel_id,
+                    receipt.seq,
+                    role,
+                    peer,
+                    counterpart,
+                    receipt.expert,
+                    receipt.tokens_in,
+                    receipt.tokens_out,
+                    receipt.price_per_1k,
+                    receipt.cost_milli,
+                    receipt.charged_milli,
+                    body,
+                    _now_ms(),
+                    disputed,
+                ),
+            )
+            if iou is not None:
+                c.execute(
+                    "UPDATE channels SET charged_milli = ?, "
+                    "iou = CASE WHEN seq < ? THEN ? ELSE iou END, seq = MAX(seq, ?), "
+                    "updated_ms = ? WHERE id = ?",
+                    (charged_milli, receipt.seq, iou, receipt.seq, _now_ms(), receipt.channel_id),
+                )
+            else:
+                c.execute(
+                    "UPDATE channels SET charged_milli = ?, seq = MAX(seq, ?), updated_ms = ? "
+                    "WHERE id = ?",
+                    (charged_milli, receipt.seq, _now_ms(), receipt.channel_id),
+                )
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+
+    def receipts(self, role: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        sql = (
+            "SELECT channel, seq, role, peer, counterpart, expert, tokens_in, tokens_out, price, "
+            "cost_milli, charged_milli, at_ms, disputed FROM receipts"
+        )
+        args: list[Any] = []
+        if role is not None:
+            sql += " WHERE role = ?"
+            args.append(role)
+        rows = self._conn.execute(sql + " ORDER BY at_ms DESC LIMIT ?", [*args, limit])
+        keys = [
+            "channel",
+            "seq",
+            "role",
+            "peer",
+            "counterpart",
+            "expert",
+            "tokens_in",
+            "tokens_out",
+            "price_per_1k",
+            "cost_milli",
+            "charged_milli",
+            "at_ms",
+            "disputed",
+        ]
+        out = []
+        for r in rows:
+            item = dict(zip(keys, r, strict=True))
+            item["channel"] = bytes(item["channel"]).hex()
+            item["counterpart"] = bytes(item["counterpart"]).hex()
+            out.append(item)
+        return out
+
+    def usage(self, days: int = 30) -> list[dict[str, Any]]:
+        """Tokens and credits per day, role (used or earned), expert and peer."""
+        since = _now_ms() - days * 86_400_000
+        rows = self._conn.execute(
+            "SELECT date(at_ms / 1000, 'unixepoch') AS day, role, expert, counterpart, "
+            "COUNT(*), SUM(tokens_in), SUM(tokens_out), SUM(cost_milli) FROM receipts "
+            "WHERE at_ms >= ? GROUP BY day, role, expert, counterpart ORDER BY day, role",
+            (since,),
+        )
+        return [
+            {
+                "day": day,
+                "kind": "used" if role == "client" else "earned",
+                "expert": expert,
+                "peer_account": bytes(counterpart).hex(),
+                "calls": calls,
+                "tokens_in": tin,
+                "tokens_out": tout,
+                "credits": cost / 1000,
+            }
+            for day, role, expert, counterpart, calls, tin, tout, cost in rows
+        ]
+
+    def tokens_today(self, role: str, counterpart: bytes | None = None) -> int:
+        """Tokens served (provider) or used (client) since midnight UTC, for the day limits."""
+        start = _now_ms() // 86_400_000 * 86_400_000
+        sql = "SELECT COALESCE(SUM(tokens_in + tokens_out), 0) FROM receipts "
+        sql += "WHERE role = ? AND at_ms >= ?"
+        args: list[Any] = [role, start]
+        if counterpart is not None:
+            sql += " AND counterpart = ?"
+            args.append(counterpart)
+        return int(self._conn.execute(sql, args).fetchone()[0])
+
+    def reputation(self) -> list[dict[str, Any]]:
+        """Per provider, from the receipts this node got: calls, tokens, disputes."""
+        rows = self._conn.execute(
+            "SELECT peer, counterpart, COUNT(*), SUM(tokens_in + tokens_out), SUM(cost_milli), "
+            "SUM(disputed != '') FROM receipts WHERE role = 'client' GROUP BY peer, counterpart"
+        )
+        return [
+            {
+                "provider": peer,
+                "account": bytes(account).hex(),
+                "paid_calls": calls,
+                "tokens": tokens,
+                "credits": cost / 1000,
+                "disputed": disputed,
+            }
+            for peer, account, calls, tokens, cost, disputed in rows
+        ]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

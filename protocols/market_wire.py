@@ -1,0 +1,229 @@
+"""Messages of the market: usage receipts, and `/swarm/market/1.0.0` (quotes, channels).
+
+A paid call is an ordinary `/swarm/infer/1.0.0` call whose request carries `"pay"`, the
+client's IOU (`dag.channels.Iou`, its canonical bytes), and whose answer carries `"receipt"`:
+
+    ["swarm/receipt", 1, channel id, IOU seq, expert id (hex), request hash, output hash,
+     tokens_in, tokens_out, price per 1k, cost (milli-credits), charged (milli-credits), sig]
+
+`cost` is tokens x price per 1,000 tokens, in thousandths of a credit, so that no call is
+rounded; `charged` is the channel's running total. The provider signs with its host key
+(Ed25519, bound to its account by the hello record), over `RECEIPT_SIGN_DOMAIN` + the
+canonical encoding of every field but the signature: cheap enough to sign every answer,
+where an ML-DSA-65 account signature would cost about a millisecond each.
+
+`/swarm/market/1.0.0` is one request and one reply per stream:
+
+    {"t": "quote?"}                     -> {"t": "quote", "prices": {expert: n}, "valid_ms": n}
+    {"t": "channel", "open": tx bytes}  -> {"t": "channel", "charged": n, "seq": n,
+                                             "iou": bytes | nil, "prices": ..., "valid_ms": n}
+    any                                 -> {"t": "error", "reason": str}
+
+`channel` tells a provider about a channel the DAG has accepted for it (the `channel_open`
+transaction itself); the reply gives the provider's state of that channel, so a client that
+restarted resumes from it. A quote's prices hold for that client for `valid_ms`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from dag.codec import as_array, as_bytes, as_int, encode, expect_header
+from dag.crypto import PublicKey, Scheme, Signature
+from dag.errors import RemoteProtocolError
+from protocols import infer_wire as wire
+from protocols.framing import field
+
+VERSION = 1
+MAX_FRAME = 64 << 10
+RECEIPT_TAG = "swarm/receipt"
+RECEIPT_SIGN_DOMAIN = b"swarm/receipt-sig/1\x00"
+DIGEST_BYTES = 16
+MAX_COUNT = 2**62
+
+
+def _digest(*parts: bytes) -> bytes:
+    h = hashlib.blake2b(digest_size=DIGEST_BYTES)
+    for part in parts:
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.digest()
+
+
+def request_digest(request: wire.Request) -> bytes:
+    """What a receipt names as the request: a hash of everything the answer depends on."""
+    if isinstance(request, wire.TensorRequest):
+        shape = encode([request.rows, request.cols])
+        return _digest(request.expert.encode(), shape, request.data)
+    temperature = round(request.temperature * 1_000_000)  # the codec takes no floats
+    params = encode([request.max_tokens, temperature, request.top_k, request.seed])
+    return _digest(request.expert.encode(), request.prompt.encode(), params)
+
+
+def output_digest(result: wire.TextResult | wire.ArrayResult) -> bytes:
+    if isinstance(result, wire.ArrayResult):
+        return _digest(encode([result.rows, result.cols]), result.data)
+    return _digest(result.text.encode())
+
+
+def cost_milli(tokens: int, price_per_1k: int) -> int:
+    """The price of `tokens` tokens in thousandths of a credit (exact: no rounding)."""
+    return tokens * price_per_1k
+
+
+def credits_for(milli: int) -> int:
+    """Whole credits that cover `milli` thousandths (what an IOU or a settle names)."""
+    return -(-milli // 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A provider's signed account of one answer (see the module doc)."""
+
+    channel_id: bytes
+    seq: int
+    expert: str
+    request_hash: bytes
+    output_hash: bytes
+    tokens_in: int
+    tokens_out: int
+    price_per_1k: int
+    cost_milli: int
+    charged_milli: int
+    signature: bytes = b""
+
+    def _fields(self) -> list[Any]:
+        return [
+            RECEIPT_TAG,
+            VERSION,
+            self.channel_id,
+            self.seq,
+            self.expert,
+            self.request_hash,
+            self.output_hash,
+            self.tokens_in,
+            self.tokens_out,
+            self.price_per_1k,
+            self.cost_milli,
+            self.charged_milli,
+        ]
+
+    def message(self) -> bytes:
+        return RECEIPT_SIGN_DOMAIN + encode(self._fields())
+
+    def to_wire(self) -> list[Any]:
+        return [*self._fields(), self.signature]
+
+    def verify(self, host_public_key: bytes) -> None:
+        """Raise `InvalidSignature` unless the provider's host key signed this receipt."""
+        PublicKey(Scheme.ED25519, host_public_key).verify(
+            Signature(Scheme.ED25519, self.signature), self.message()
+        )
+
+    @classmethod
+    def from_wire(cls, value: object) -> Receipt:
+        """Check a decoded receipt field by field (`DecodeError`); no signature check."""
+        fields = as_array(value, "receipt", length=13)
+        expect_header(fields, RECEIPT_TAG, VERSION, "receipt")
+        expert = fields[4]
+        if not isinstance(expert, str) or len(expert) != 64:
+            raise RemoteProtocolError("receipt: expert must be a 64-hex-digit id")
+        return cls(
+            as_bytes(fields[2], "receipt channel", size=32),
+            as_int(fields[3], "receipt seq", lo=0, hi=MAX_COUNT),
+            expert,
+            as_bytes(fields[5], "receipt request hash", size=DIGEST_BYTES),
+            as_bytes(fields[6], "receipt output hash", size=DIGEST_BYTES),
+            as_int(fields[7], "receipt tokens_in", lo=0, hi=MAX_COUNT),
+            as_int(fields[8], "receipt tokens_out", lo=0, hi=MAX_COUNT),
+            as_int(fields[9], "receipt price", lo=0, hi=MAX_COUNT),
+            as_int(fields[10], "receipt cost", lo=0, hi=MAX_COUNT),
+            as_int(fields[11], "receipt charged", lo=0, hi=MAX_COUNT),
+            as_bytes(fields[12], "receipt signature", size=64),
+        )
+
+
+# -- /swarm/market/1.0.0 ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """A provider's prices per expert, held for the asking client for `valid_ms`."""
+
+    prices: dict[str, int]
+    valid_ms: int
+
+    def encode(self) -> dict[str, Any]:
+        return {"t": "quote", "v": VERSION, "prices": self.prices, "valid_ms": self.valid_ms}
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelState:
+    """A provider's state of one channel: what it has charged, the last IOU it holds."""
+
+    charged_milli: int
+    seq: int
+    iou: bytes | None
+    quote: Quote
+
+    def encode(self) -> dict[str, Any]:
+        return {
+            "t": "channel",
+            "v": VERSION,
+            "charged": self.charged_milli,
+            "seq": self.seq,
+            "iou": self.iou,
+            "prices": self.quote.prices,
+            "valid_ms": self.quote.valid_ms,
+        }
+
+
+def quote_request() -> dict[str, Any]:
+    return {"t": "quote?", "v": VERSION}
+
+
+def channel_request(open_tx: bytes) -> dict[str, Any]:
+    return {"t": "channel", "v": VERSION, "open": open_tx}
+
+
+def error_reply(reason: str) -> dict[str, Any]:
+    return {"t": "error", "v": VERSION, "reason": reason[:500]}
+
+
+def _quote(body: dict[str, Any], peer: str) -> Quote:
+    prices = field(body, "prices", dict, peer=peer)
+    if len(prices) > 256:
+        raise RemoteProtocolError("quote: too many experts", peer=peer)
+    for expert, price in prices.items():
+        if not isinstance(expert, str) or len(expert) != 64:
+            raise RemoteProtocolError("quote: expert must be a 64-hex-digit id", peer=peer)
+        if type(price) is not int or not 0 <= price <= 10**9:
+            raise RemoteProtocolError("quote: price must be 0..1e9", peer=peer)
+    valid_ms = field(body, "valid_ms", int, peer=peer)
+    if not 0 <= valid_ms <= 3_600_000:
+        raise RemoteProtocolError("quote: valid_ms must be 0..3600000", peer=peer)
+    return Quote(dict(prices), valid_ms)
+
+
+def decode_reply(body: dict[str, Any], *, peer: str) -> Quote | ChannelState:
+    """A provider's reply; its `error` becomes a `RemoteProtocolError` with the reason."""
+    if body["v"] != VERSION:
+        raise RemoteProtocolError(f"market version {body['v']} is not {VERSION}", peer=peer)
+    if body["t"] == "error":
+        reason = field(body, "reason", str, peer=peer, max_len=500)
+        raise RemoteProtocolError(f"provider refused: {reason}", peer=peer)
+    quote = _quote(body, peer)
+    if body["t"] == "quote":
+        return quote
+    if body["t"] == "channel":
+        charged = field(body, "charged", int, peer=peer)
+        seq = field(body, "seq", int, peer=peer)
+        iou = body.get("iou")
+        if iou is not None and not isinstance(iou, bytes):
+            raise RemoteProtocolError("channel: iou must be bytes or nil", peer=peer)
+        if not 0 <= charged <= MAX_COUNT or not 0 <= seq <= MAX_COUNT:
+            raise RemoteProtocolError("channel: counts out of range", peer=peer)
+        return ChannelState(charged, seq, iou, quote)
+    raise RemoteProtocolError(f"unknown market reply {body['t']!r}", peer=peer)

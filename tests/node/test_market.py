@@ -1,0 +1,285 @@
+"""Paid calls: the provider's till and the client's purse over in-memory streams."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+
+import experts
+from dag.channels import ChannelTerms, Iou, open_payload, settle_payload
+from dag.crypto import Scheme, SigningKey
+from dag.kinds import default_registry
+from dag.ledger import Ledger
+from node.market_client import Purse, new_channel_row
+from node.market_provider import MarketPolicy, Ticket, Till
+from node.market_store import MarketStore
+from protocols import infer_wire as wire
+from protocols import market_wire as mw
+from protocols.infer_client import CallFailed, InferChannel
+from protocols.infer_server import ExpertHost, PaymentRefused
+from protocols.stream import Stream, memory_stream_pair
+from tests.dag.helpers import GENESIS_MS, key, make_genesis, signed
+
+FFN = experts.build_ffn(64, seed=1)
+CLIENT, PROVIDER, MALLORY, IOU_KEY = key(1), key(2), key(3), key(4)
+HOST = SigningKey(Scheme.ED25519, b"\x07" * 32)  # the provider's host key
+GENESIS = make_genesis([CLIENT, PROVIDER, MALLORY], balances=[1_000, 0, 1_000])
+CHAIN = GENESIS.digest
+NOW = GENESIS_MS + 10_000
+EXPIRY = NOW + 3_600_000
+PRICE = 10  # credits per 1,000 tokens; a ffn64 call of one row is 2 tokens = 0.02 credits
+ACCOUNTS = {"caller": CLIENT.account_id, "mallory": MALLORY.account_id}
+
+
+def _open(deposit: int = 5) -> tuple[Any, ChannelTerms]:
+    payload = open_payload(PROVIDER.account_id, deposit, EXPIRY, IOU_KEY.public_key)
+    tx = signed(CLIENT, GENESIS, 0, "channel_open", payload)
+    return tx, ChannelTerms.of_open(tx)
+
+
+def _till(path: Path, **policy: Any) -> Till:
+    return Till(
+        policy=MarketPolicy(serve_paid=True, **policy),
+        store=MarketStore.open(path / "provider.sqlite"),
+        chain=CHAIN,
+        account_of=ACCOUNTS.get,
+        floor_price=lambda e: PRICE if e == FFN.expert_id else None,
+        queue_depth=lambda e: 0,
+        queue_cap=256,
+        host_sign=lambda m: HOST.sign(m).value,
+        now_ms=lambda: NOW,
+    )
+
+
+class Market:
+    """One channel, registered on both sides."""
+
+    def __init__(self, path: Path, deposit: int = 5, **policy: Any) -> None:
+        self.open_tx, self.terms = _open(deposit)
+        client_row = new_channel_row(
+            chain=CHAIN,
+            provider_peer="provider",
+            terms=self.terms,
+            open_tx=self.open_tx.to_bytes(),
+            key=IOU_KEY,
+        )
+        self.id = client_row.id
+        self.till = _till(path, **policy)
+        self.till.register(
+            "caller",
+            replace(
+                client_row,
+                role="provider",
+                peer="caller",
+                counterpart=CLIENT.account_id,
+                iou_key=None,
+                state="open",
+            ),
+            self.terms,
+        )
+        self.purse = Purse(
+            MarketStore.open(path / "client.sqlite"),
+            CHAIN,
+            lambda peer: HOST.public_key.raw if peer == "provider" else None,
+        )
+        self.channel = self.purse.adopt(replace(client_row, state="open"), self.terms)
+
+
+@asynccontextmanager
+async def serving(host: ExpertHost, caller: str = "caller") -> AsyncIterator[InferChannel]:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(host.run)
+
+        async def open_stream(peer: str, protocol: str) -> Stream:
+            ours, theirs = memory_stream_pair(caller, peer)
+            nursery.start_soon(host.serve, theirs)
+            return ours
+
+        yield InferChannel("provider", open_stream, nursery)
+        nursery.cancel_scope.cancel()
+
+
+def _request(i: int, rows: int = 1) -> wire.TensorRequest:
+    x = np.random.default_rng(i).standard_normal((rows, 64)).astype(np.float32)
+    return wire.TensorRequest.of(i, FFN.expert_id, 5_000, x)
+
+
+async def _paid_call(market: Market, channel: InferChannel, i: int, rows: int = 1) -> Any:
+    request = _request(i, rows)
+    ticket = market.purse.reserve(market.channel, "provider", request, PRICE)
+    assert ticket is not None
+    try:
+        result = await channel.call(request, pay=lambda: market.purse.sign(ticket))
+    except BaseException:
+        market.purse.release(ticket)
+        raise
+    return market.purse.record(ticket, result)
+
+
+def _settle_and_apply(market: Market, iou: bytes, charged_milli: int) -> Ledger:
+    ledger = Ledger(GENESIS, default_registry())
+    amount = mw.credits_for(charged_milli)
+    settle = signed(
+        PROVIDER,
+        GENESIS,
+        0,
+        "channel_settle",
+        settle_payload(market.terms, Iou.from_bytes(iou), amount),
+    )
+    for tx in (market.open_tx, settle):
+        assert [o.applied for o in ledger.accept(tx)] == [True]
+        ledger.check_conservation()
+    return ledger
+
+
+async def test_paid_calls_are_charged_receipted_and_settle_what_was_served(tmp_path: Path) -> None:
+    market = Market(tmp_path)
+    host = ExpertHost([FFN], gate=market.till)
+    with trio.fail_after(20):
+        async with serving(host) as channel:
+            async with trio.open_nursery() as nursery:
+                for i in range(60):
+                    nursery.start_soon(_paid_call, market, channel, i)
+            paid = await _paid_call(market, channel, 99, rows=4)
+    assert paid.cost_milli == 8 * PRICE and not paid.disputed
+    row = market.till.store.channel(market.id)
+    assert row is not None and row.iou is not None
+    assert row.charged_milli == (60 * 2 + 8) * PRICE == market.channel.owed_milli
+    ledger = _settle_and_apply(market, row.iou, row.charged_milli)
+    # 1,280 milli-credits: the provider claims 2 credits, the client gets 3 of its 5 back
+    assert ledger.balance(PROVIDER.account_id) == 2 and ledger.balance(CLIENT.account_id) == 998
+    used = market.purse.store.usage()
+    earned = market.till.store.usage()
+    assert [(u["kind"], u["calls"], u["credits"]) for u in used] == [("used", 61, 1.28)]
+    assert [(u["kind"], u["calls"], u["credits"]) for u in earned] == [("earned", 61, 1.28)]
+
+
+def _iou(market: Market, cumulative: int, seq: int, signer: SigningKey = IOU_KEY) -> bytes:
+    return Iou.create(signer, market.id, cumulative, seq).to_bytes()
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("no_pay", "serves for pay"),
+        ("forged", "bad IOU"),
+        ("above_deposit", "above the channel deposit"),
+        ("short", "does not cover"),
+        ("other_account", "another account"),
+        ("unknown_channel", "no open channel"),
+        ("garbage", "bad IOU"),
+        ("over_cap", "over the cap"),
+    ],
+)
+def test_the_till_refuses_bad_payments_and_charges_nothing(
+    tmp_path: Path, case: str, reason: str
+) -> None:
+    market = Market(tmp_path, max_tokens_per_request=100)
+    request = _request(1)
+    peer = "caller"
+    pay: bytes | None = _iou(market, 1, 1)
+    if case == "no_pay":
+        pay = None
+    elif case == "forged":
+        pay = _iou(market, 1, 1, signer=MALLORY)
+    elif case == "above_deposit":
+        pay = _iou(market, 6, 1)
+    elif case == "short":
+        request = _request(1, rows=60)  # 120 tokens: 1.2 credits, the IOU says 1
+        (tmp_path / "b").mkdir()
+        market = Market(tmp_path / "b", max_tokens_per_request=1_000)
+    elif case == "other_account":
+        peer = "mallory"
+    elif case == "unknown_channel":
+        pay = Iou.create(IOU_KEY, b"\x01" * 32, 1, 1).to_bytes()
+    elif case == "garbage":
+        pay = b"\x93\x01\x02"
+    elif case == "over_cap":
+        request = _request(1, rows=51)
+    with pytest.raises(PaymentRefused, match=reason):
+        market.till.admit(peer, replace(request, pay=pay))
+    state = market.till.state(market.id)
+    assert state is not None and state.reserved_milli == 0 and state.charged_milli == 0
+
+
+def test_a_replayed_iou_is_refused(tmp_path: Path) -> None:
+    market = Market(tmp_path)
+    request = replace(_request(1), pay=_iou(market, 1, 1))
+    ticket = market.till.admit("caller", request)
+    assert ticket is not None
+    market.till.release(ticket)
+    with pytest.raises(PaymentRefused, match="replayed"):
+        market.till.admit("caller", request)
+
+
+def test_the_client_day_limit_holds_across_calls(tmp_path: Path) -> None:
+    market = Market(tmp_path, client_tokens_per_day=3)
+    request = _request(1)
+    ticket = market.till.admit("caller", replace(request, pay=_iou(market, 1, 1)))
+    result = wire.ArrayResult(1, FFN.expert_id, 1, 64, bytes(256), 1, 1, 5)
+    market.till.charge(ticket, request, result)
+    with pytest.raises(PaymentRefused, match="for the day"):
+        market.till.admit("caller", replace(request, pay=_iou(market, 1, 2)))
+
+
+async def test_a_receipt_claiming_more_tokens_is_disputed_and_not_paid(tmp_path: Path) -> None:
+    market = Market(tmp_path)
+    honest_charge = market.till.charge
+
+    def inflated(ticket: object, request: wire.Request, result: wire.Result) -> list[object]:
+        # A provider that bills one token more than it served, past its own reservation.
+        assert isinstance(result, wire.ArrayResult) and isinstance(ticket, Ticket)
+        more = replace(ticket, max_tokens=ticket.max_tokens + 1)
+        return honest_charge(more, request, replace(result, tokens_out=result.tokens_out + 1))
+
+    market.till.charge = inflated  # type: ignore[method-assign]
+    host = ExpertHost([FFN], gate=market.till)
+    with trio.fail_after(10):
+        async with serving(host) as channel:
+            paid = await _paid_call(market, channel, 1, rows=2)
+            assert "we count 0.040" in paid.disputed and paid.cost_milli == 4 * PRICE
+            assert paid.receipt.cost_milli == 5 * PRICE
+            # The provider's count is now above ours: our next IOU (0.04 + 0.96 = 1 credit)
+            # cannot cover its 0.05 + 0.96.
+            with pytest.raises(CallFailed, match="does not cover"):
+                await _paid_call(market, channel, 2, rows=48)
+    receipts = market.purse.store.receipts()
+    assert receipts[0]["disputed"] and market.channel.owed_milli == 4 * PRICE
+
+
+async def test_a_forged_receipt_is_refused(tmp_path: Path) -> None:
+    market = Market(tmp_path)
+    market.purse._host_key_of = lambda peer: SigningKey(Scheme.ED25519, b"\x08" * 32).public_key.raw
+    host = ExpertHost([FFN], gate=market.till)
+    with trio.fail_after(10):
+        async with serving(host) as channel:
+            with pytest.raises(Exception, match="signature"):
+                await _paid_call(market, channel, 1)
+
+
+async def test_a_provider_restarted_after_answering_settles_with_the_stored_iou(
+    tmp_path: Path,
+) -> None:
+    market = Market(tmp_path)
+    host = ExpertHost([FFN], gate=market.till)
+    with trio.fail_after(10):
+        async with serving(host) as channel:
+            for i in range(3):
+                await _paid_call(market, channel, i)
+    market.till.store.close()  # a kill -9: nothing but what the store holds survives
+    again = _till(tmp_path)
+    state = again.state(market.id)
+    assert state is not None and state.charged_milli == 3 * 2 * PRICE and state.seq == 3
+    with pytest.raises(PaymentRefused, match="replayed"):
+        again.admit("caller", replace(_request(9), pay=_iou(market, 1, 3)))
+    row = again.store.channel(market.id)
+    assert row is not None and row.iou is not None
+    ledger = _settle_and_apply(market, row.iou, row.charged_milli)
+    assert ledger.balance(PROVIDER.account_id) == 1  # 0.06 credits, rounded up once
