@@ -1,13 +1,15 @@
-"""The two request/answer carriers of the DAG: votes (query) and vertices (sync).
+"""The carriers of the DAG: votes (query), vertices on request (sync), new vertices (push).
 
-Both are small state-free helpers over our `Stream`: `QueryChannel` keeps one stream per
-peer open for all its polls (a new libp2p stream costs several times a reused one), and
-`serve_*` answer one stream with callbacks into the DAG service.
+All are small helpers over our `Stream`: `QueryChannel` and `PushChannel` keep one stream
+per peer open for all its traffic (a new libp2p stream costs several times a reused one),
+`Outbox` batches what waits for one peer into one message, and `serve_*` answer one stream
+with callbacks into the DAG service.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
 
 import trio
 
@@ -16,6 +18,47 @@ from protocols import dag_wire as wire
 from protocols.stream import FramedStream, Stream
 
 OpenStream = Callable[[str, str], Awaitable[Stream]]
+T = TypeVar("T")
+
+
+class Outbox(Generic[T]):
+    """Items for one peer, sent by one task in batches: what queues while a send is in
+    flight goes out together in the next one, so a busy peer costs fewer, larger messages.
+
+    `send` gets each batch and handles its own errors. At most `limit` items wait; more
+    are dropped (and counted), since a peer that falls that far behind fetches instead.
+    """
+
+    def __init__(self, send: Callable[[list[T]], Awaitable[None]], *, batch: int, limit: int):
+        if batch < 1 or limit < 1:
+            raise ValueError("an outbox needs batch >= 1 and limit >= 1")
+        self._send = send
+        self.batch = batch
+        self.limit = limit
+        self.dropped = 0
+        self._items: list[T] = []
+        self._ready = trio.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: T) -> bool:
+        """Queue `item`; False (and counted in `dropped`) if `limit` items already wait."""
+        if len(self._items) >= self.limit:
+            self.dropped += 1
+            return False
+        self._items.append(item)
+        self._ready.set()
+        return True
+
+    async def run(self) -> None:
+        """Send batches as items arrive, until cancelled."""
+        while True:
+            await self._ready.wait()
+            self._ready = trio.Event()
+            while self._items:
+                batch, self._items = self._items[: self.batch], self._items[self.batch :]
+                await self._send(batch)
 
 
 class QueryChannel:
@@ -64,6 +107,40 @@ async def serve_query(
             wire.decode(body, peer=stream.remote_peer), wire.Query, stream.remote_peer
         )
         await framed.send(wire.Votes(await answer(stream.remote_peer, query.ids)).encode())
+
+
+class PushChannel:
+    """New vertices sent to one peer over one reused stream; nothing comes back."""
+
+    def __init__(self, peer: str, open_stream: OpenStream, protocol: str) -> None:
+        self.peer = peer
+        self._open = open_stream
+        self._protocol = protocol
+        self._framed: FramedStream | None = None
+
+    async def push(self, items: Sequence[bytes]) -> None:
+        """Send `items` (vertex bytes) as one frame; a broken stream is reopened next time."""
+        try:
+            if self._framed is None:
+                stream = await self._open(self.peer, self._protocol)
+                self._framed = FramedStream(stream, wire.MAX_SYNC_FRAME)
+            await self._framed.send(wire.Vertices(tuple(items)).encode())
+        except BaseException:
+            framed, self._framed = self._framed, None
+            if framed is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await framed.aclose()
+            raise
+
+
+async def serve_push(stream: Stream, ingest: Callable[[bytes, str], Awaitable[object]]) -> None:
+    """Take the vertices a peer pushes on one stream, in order, until it closes the stream."""
+    framed = FramedStream(stream, wire.MAX_SYNC_FRAME)
+    peer = stream.remote_peer
+    while (body := await framed.receive()) is not None:
+        pushed: wire.Vertices = wire.expect(wire.decode(body, peer=peer), wire.Vertices, peer)
+        for item in pushed.items:
+            await ingest(item, peer)
 
 
 class RateLimit:

@@ -1,12 +1,15 @@
-"""Messages of `/swarm/dag/query/1.0.0` and `/swarm/dag/sync/1.0.0`, and their limits.
+"""Messages of `/swarm/dag/query/1.0.0`, `/swarm/dag/sync/1.0.0` and `/swarm/dag/push/1.0.0`,
+and their limits.
 
 query:  {"t": "query", "ids": [vertex id, ...]}      ->  {"t": "votes", "yes": [bool, ...]}
 sync:   {"t": "frontier"}                           ->  {"t": "frontier", "ids": [...]}
         {"t": "get", "ids": [vertex id, ...]}        ->  {"t": "vertices", "items": [bytes]}
+push:   {"t": "vertices", "items": [bytes]}, ...    (no answer)
 either: {"t": "error", "reason": str}
 
-A query stream carries many request/answer pairs in turn, so a poll costs no new stream. Every
-vertex in `vertices` is checked by the DAG engine, never trusted: these types only bound sizes.
+A query stream carries many request/answer pairs in turn, and a push stream many frames, so
+neither costs a new stream per message. Every vertex in `vertices` is checked by the DAG
+engine, never trusted: these types only bound sizes.
 """
 
 from __future__ import annotations
