@@ -1,42 +1,49 @@
-"""Drives the sans-IO DAG engine over libp2p: gossip, polls to real peers, sync, batching.
+"""Drives the sans-IO DAG engine over libp2p: dissemination, polls to real peers, sync.
 
-One lock serialises every engine call, and each call runs in a worker thread (signature
-checks and SQLite writes would otherwise stall the loop). Four kinds of task use it: the
-gossip reader, the poller, the vertex builder, and the stream handlers peers call.
+One lock serialises every engine call. Calls that may verify signatures or write the store
+run in a worker thread (they would otherwise stall the loop); short reads run inline under
+the same lock, since a thread hand-off costs more than they do. The tasks that use it: the
+vertex readers (push and gossip), the poller, the wallet's builder (`dag_wallet`), and the
+stream handlers peers call.
+
+New vertices reach peers in one hop over `/swarm/dag/push/1.0.0` when every member is a
+direct peer and they are few (the loopback mesh), else over gossipsub on `swarm/dag/1`;
+both paths end in `ingest`. Polls go to each peer through an `Outbox`, so the polls that
+queue while one query is in flight share the next query message.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import random
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 from libp2p.peer.id import ID
 
-from dag.avalanche import VertexAccepted
-from dag.crypto import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, SigningKey
-from dag.engine import Engine, Event, Received, TxAccepted, TxApplied, TxRejected
-from dag.errors import RemoteProtocolError, ReplayedNonce, SwarmError
-from dag.kinds import transfer_payload
+from dag.avalanche import PollRequest, VertexAccepted
+from dag.crypto import SigningKey
+from dag.engine import Engine, Event, TxAccepted, TxApplied, TxRejected
+from dag.errors import RemoteProtocolError
 from dag.params import Params
 from dag.tx import Transaction
+from dag.vertex import Vertex
 from protocols import dag_wire as wire
 from protocols import ids
-from protocols.dag_orphans import OrphanPool
+from protocols.dag_announce import Announcer
+from protocols.dag_intake import Intake
 from protocols.dag_sync import (
+    Outbox,
     QueryChannel,
     RateLimit,
-    fetch_frontier,
-    fetch_vertices,
+    serve_push,
     serve_query,
     serve_sync,
 )
 from protocols.dag_views import balance_view, tx_status_of, vertex_view
+from protocols.dag_wallet import BatchSettings, InsufficientCredits, Wallet
 from protocols.errors import NetworkError
 from protocols.metrics import METRICS_WINDOW_S, Latencies
 from protocols.stream import Stream
@@ -44,20 +51,11 @@ from protocols.stream import Stream
 if TYPE_CHECKING:
     from protocols.p2p import P2PService
 
+__all__ = ["DagService", "DagSettings", "InsufficientCredits"]
+
 log = logging.getLogger("swarm.dag")
 T = TypeVar("T")
-MAX_ORPHANS = 50_000
-ORPHAN_GRACE_S = 0.5
-FETCH_SOURCES = 2
-MAX_BATCH = 256
-# A vertex travels as one gossipsub message; py-libp2p batches messages into RPCs of up to
-# 1 MiB, so a vertex stays well under that.
-MAX_BATCH_BYTES = 256 * 1024
-TX_OVERHEAD_BYTES = 160
-
-
-class InsufficientCredits(SwarmError):
-    """Our wallet refuses a transfer its spendable balance does not cover."""
+OUTBOX_LIMIT = 4096  # polls waiting for one peer
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,16 +64,6 @@ class DagSettings:
     batch_window_s: float = 0.05  # how long a transaction waits for others to share a vertex
     empty_vertex_interval_s: float = 0.1  # the fastest rate of vertices with no transactions
     sync_rate: float = 5000.0  # vertices a peer may fetch from us per second
-
-
-@dataclass
-class _TxWait:
-    """A submitted transaction: stored once its vertex is; decided later."""
-
-    stored: trio.Event = field(default_factory=trio.Event)
-    decided: trio.Event = field(default_factory=trio.Event)
-    outcome: str = "pending"
-    submitted: float = 0.0
 
 
 class DagService:
@@ -95,22 +83,38 @@ class DagService:
         self._wall = wall_clock
         self._lock = trio.Lock()
         self._kick_poller = trio.Event()
-        self._kick_builder = trio.Event()
-        self._mempool: list[Transaction] = []
-        self._queued: set[tuple[bytes, int]] = set()  # (account, nonce) of what the mempool holds
-        self._waits: dict[bytes, _TxWait] = {}
+        self._votes_in: list[tuple[bytes, list[int], tuple[bool, ...]]] = []
         self._seen: dict[bytes, float] = {}  # vertex id -> when we first held it
-        self._orphans = OrphanPool(MAX_ORPHANS)
-        self._fetching: set[bytes] = set()
+        self._added = trio.Event()  # pulsed whenever a vertex is added
+        self._queries: dict[bytes, Outbox[tuple[int, bytes]]] = {}  # by account
         self._channels: dict[str, QueryChannel] = {}
-        self._next_nonce: int | None = None
-        self._last_empty = -1e9
+        validators = {  # hex, as the peer table keeps accounts
+            a.account.hex()
+            for a in engine.genesis.accounts
+            if a.stake > 0 and a.account != key.account_id
+        }
+        # A push waits behind the peer's reading; past this the peer fetches instead.
+        self.announcer = Announcer(p2p, validators, settings.params.query_timeout_s * 4)
         self._sync_limit = RateLimit(settings.sync_rate, settings.sync_rate * 2)
+        self.intake = Intake(
+            engine=engine,
+            p2p=p2p,
+            call=self._call,
+            inline=self._inline,
+            on_added=self._on_added,
+            wall_clock=wall_clock,
+        )
+        self.wallet = Wallet(
+            engine=engine,
+            key=key,
+            call=self._call,
+            announce=self._announce,
+            settings=BatchSettings(settings.batch_window_s, settings.empty_vertex_interval_s),
+            wall_clock=wall_clock,
+        )
         self.vertex_latency = Latencies()
-        self.tx_latency = Latencies()
         self._nursery: trio.Nursery | None = None
         self._decided = trio.Event()  # pulsed after every batch of decisions
-        self.txs_accepted = 0
         self.query_rtt = Latencies()  # our polls: time until a peer's votes came back
         self.queries_answered = 0
         self.queries_unknown = 0  # asked about a vertex we did not hold yet
@@ -121,20 +125,25 @@ class DagService:
         subscription = await self.p2p.subscribe(ids.TOPIC_DAG)
         self.p2p.set_handler(ids.DAG_QUERY, self._serve_query)
         self.p2p.set_handler(ids.DAG_SYNC, self._serve_sync)
+        self.p2p.set_handler(ids.DAG_PUSH, self._serve_push)
 
         def joined(peer: str) -> None:
-            nursery.start_soon(self.sync_from, peer)
+            nursery.start_soon(self.intake.sync_from, peer)
 
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+            self._nursery = self.intake.nursery = self.announcer.nursery = nursery
             nursery.start_soon(self._gossip_reader, subscription)
             nursery.start_soon(self._poller)
-            nursery.start_soon(self._builder)
+            nursery.start_soon(self.wallet.run_builder)
             for entry in self.p2p.peers.connected_members():
-                nursery.start_soon(self.sync_from, entry.peer_id)
+                nursery.start_soon(self.intake.sync_from, entry.peer_id)
             with self.p2p.member_events(joined=joined):
                 task_status.started(self)
-                await trio.sleep_forever()
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    # Handlers run in the host's tasks and may outlive us: nothing new starts.
+                    self._nursery = self.intake.nursery = self.announcer.nursery = None
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run one engine call in a worker thread, then act on the events it produced."""
@@ -147,87 +156,31 @@ class DagService:
         self._on_events(events)
         return result
 
-    def _now_ms(self) -> int:
-        return int(self._wall() * 1000)
+    async def _inline(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run one short engine call that neither verifies nor writes, on the loop."""
+        async with self._lock:
+            result = fn(*args)
+            events = self.engine.drain_events()
+        self._on_events(events)
+        return result
 
-    # -- transactions in ------------------------------------------------------------------
+    # -- transactions in (see `Wallet`) ---------------------------------------------------
 
     async def transfer(self, to: bytes, amount: int) -> bytes:
         """Sign a transfer from our account and submit it; returns once it is stored."""
-
-        def make() -> Transaction:
-            account = self.key.account_id
-            available = self.engine.spendable(account, self._mempool)
-            if amount > available:
-                raise InsufficientCredits(
-                    f"cannot send {amount} credits: {available} are spendable "
-                    f"(balance less transfers still pending)"
-                )
-            if self._next_nonce is None:
-                self._next_nonce = self.engine.next_free_nonce(account)
-            tx = Transaction.create(
-                self.key,
-                chain=self.engine.chain,
-                nonce=self._next_nonce,
-                kind="transfer",
-                payload=transfer_payload(to, amount),
-                registry=self.engine.registry,
-            )
-            self.engine.check_transaction(tx)
-            self._next_nonce += 1
-            return tx
-
-        tx = await self._call(make)
-        return await self._enqueue(tx)
+        return await self.wallet.transfer(to, amount)
 
     async def submit(self, tx: Transaction) -> bytes:
         """Submit a transaction someone else signed; returns once it is stored."""
-        await self._call(self.engine.check_transaction, tx)
-        return await self._enqueue(tx)
+        return await self.wallet.submit(tx)
 
     async def submit_many(self, txs: list[Transaction]) -> list[str]:
-        """Submit signed transactions; one status each (`stored`, or why it was refused).
-        Returns once every accepted one is stored."""
+        """Submit signed transactions; one status each (`stored`, or why it was refused)."""
+        return await self.wallet.submit_many(txs)
 
-        def check() -> list[str]:
-            verdicts = []
-            for tx in txs:
-                try:
-                    self.engine.check_transaction(tx)
-                    verdicts.append("stored")
-                except SwarmError as exc:
-                    verdicts.append(f"refused: {exc}")
-            return verdicts
-
-        verdicts = await self._call(check)
-        waits = []
-        for i, (tx, verdict) in enumerate(zip(txs, verdicts, strict=True)):
-            if verdict == "stored":
-                try:
-                    waits.append(self._queue(tx))
-                except SwarmError as exc:
-                    verdicts[i] = f"refused: {exc}"
-        for wait in waits:
-            await wait.stored.wait()
-        return verdicts
-
-    def _queue(self, tx: Transaction) -> _TxWait:
-        """Put `tx` in the mempool once; a second transaction for its (account, nonce) while
-        the first waits there is refused, since one vertex may not hold both."""
-        wait = self._waits.get(tx.id)
-        if wait is not None:
-            return wait  # the same transaction again: wait with the first submitter
-        if tx.conflict_key in self._queued:
-            raise ReplayedNonce(f"nonce {tx.nonce} of this account is already queued here")
-        wait = self._waits[tx.id] = _TxWait(submitted=trio.current_time())
-        self._queued.add(tx.conflict_key)
-        self._mempool.append(tx)
-        self._kick_builder.set()
-        return wait
-
-    async def _enqueue(self, tx: Transaction) -> bytes:
-        await self._queue(tx).stored.wait()
-        return tx.id
+    async def wait_decided(self, tx_id: bytes, timeout_s: float) -> str:
+        """`accepted`, `applied`, `failed: ...`, `rejected`, or `pending` after `timeout_s`."""
+        return await self.wallet.wait_decided(tx_id, timeout_s)
 
     async def wait_for(self, check: Callable[[], Awaitable[bool]]) -> None:
         """Return once `check()` holds; it is re-checked after every batch of decisions."""
@@ -239,108 +192,20 @@ class DagService:
 
     async def tx_status(self, tx_id: bytes) -> str:
         """`applied`, `failed`, `waiting`, `rejected` (from the store), else `unknown`."""
-        return await self._call(tx_status_of, self.engine, tx_id)
+        return await self._inline(tx_status_of, self.engine, tx_id)
 
-    async def wait_decided(self, tx_id: bytes, timeout_s: float) -> str:
-        """`accepted`, `applied`, `failed: ...`, `rejected`, or `pending` after `timeout_s`."""
-        wait = self._waits.get(tx_id)
-        if wait is None:
-            return "unknown"
-        with trio.move_on_after(timeout_s):
-            await wait.decided.wait()
-        return wait.outcome
-
-    # -- vertices in ----------------------------------------------------------------------
+    # -- vertices in (see `Intake`) -------------------------------------------------------
 
     async def ingest(self, data: bytes, peer: str | None, *, fetch: bool = True) -> set[bytes]:
-        """A vertex from gossip or sync: add it, or park it until its parents are here (and
-        fetch them later, unless `fetch` is False). Adds what waited on it. Returns the ids
-        still missing."""
-        pending = deque([(data, peer)])
-        missing: set[bytes] = set()
-        while pending:
-            data, peer = pending.popleft()
-            try:
-                received = await self._call(self._receive, data, peer)
-            except RemoteProtocolError as exc:
-                self._penalize(peer, exc)
-                continue
-            if received.status == "missing":
-                self._park(received, data, peer, fetch=fetch)
-                missing.update(received.missing)
-            elif received.status == "added":
-                missing.discard(received.vertex_id)
-                self._seen.setdefault(received.vertex_id, trio.current_time())
-                self._kick_poller.set()
-                pending.extend(self._orphans.release(received.vertex_id))
-        return missing
+        """A vertex from a peer: add it, or park it until its parents are here (fetching
+        them, unless `fetch` is False). Returns the ids still missing."""
+        return await self.intake.ingest(data, peer, fetch=fetch)
 
-    def _receive(self, data: bytes, peer: str | None) -> Received:
-        account = self._account_of(peer) if peer else None
-        return self.engine.receive(data, now_ms=self._now_ms(), peer=account)
-
-    def _park(self, received: Received, data: bytes, peer: str | None, *, fetch: bool) -> None:
-        if not self._orphans.park(received.vertex_id, data, peer, received.missing):
-            return
-        wanted = [m for m in received.missing if m not in self._fetching]
-        if fetch and wanted and self._nursery is not None:
-            self._fetching.update(wanted)
-            self._nursery.start_soon(self._fetch_missing, peer, wanted)
-
-    async def _fetch_missing(self, peer: str | None, wanted: list[bytes]) -> None:
-        """Parents a parked vertex lacks: give gossip a moment to bring them, then fetch
-        them from the peer that sent the child, else from other members."""
-        asked = list(wanted)
-        try:
-            # Gossip usually delivers a parent within this grace; a fetch costs a new stream.
-            await trio.sleep(ORPHAN_GRACE_S)
-            members = [e.peer_id for e in self.p2p.peers.connected_members() if e.peer_id != peer]
-            random.shuffle(members)
-            for source in ([peer] if peer else []) + members[:FETCH_SOURCES]:
-                wanted = [w for w in wanted if self._orphans.is_wanted(w)]
-                if not wanted:
-                    return
-                await self._fetch_vertices(source, wanted)
-        finally:
-            self._fetching.difference_update(asked)
-
-    async def _fetch_vertices(
-        self, peer: str, wanted: list[bytes], *, ancestry: bool = False
-    ) -> None:
-        """Fetch `wanted` from `peer` and ingest what it sends; failures are only logged.
-        With `ancestry`, also fetch from `peer` every ancestor we turn out to lack (a peer
-        that asks us about a vertex holds all of its ancestors)."""
-        try:
-            while wanted:
-                missing: set[bytes] = set()
-                for start in range(0, len(wanted), wire.MAX_GET_IDS):
-                    batch = tuple(wanted[start : start + wire.MAX_GET_IDS])
-                    with trio.fail_after(10):
-                        answer = await fetch_vertices(
-                            self.p2p.open_stream, ids.DAG_SYNC, peer, batch
-                        )
-                    for item in answer.items:
-                        missing |= await self.ingest(item, peer, fetch=not ancestry)
-                wanted = [m for m in missing if self._orphans.is_wanted(m)] if ancestry else []
-        except (NetworkError, RemoteProtocolError, trio.TooSlowError) as exc:
-            log.debug("fetch from %s failed: %s", peer, exc)
-
-    async def sync_from(self, peer: str) -> None:
-        """Pull what `peer` has and we lack: its frontier, then ancestors as they are missed."""
-        try:
-            with trio.fail_after(10):
-                answer = await fetch_frontier(self.p2p.open_stream, ids.DAG_SYNC, peer)
-        except (NetworkError, RemoteProtocolError, trio.TooSlowError) as exc:
-            log.debug("sync from %s failed: %s", peer, exc)
-            return
-        unknown = await self._call(lambda: [i for i in answer.ids if not self.engine.knows(i)])
-        unknown = [i for i in unknown if i not in self._fetching]
-        if unknown:
-            self._fetching.update(unknown)
-            try:
-                await self._fetch_vertices(peer, unknown)
-            finally:
-                self._fetching.difference_update(unknown)
+    def _on_added(self, vertex_id: bytes) -> None:
+        self._seen.setdefault(vertex_id, trio.current_time())
+        self._kick_poller.set()
+        self._added.set()
+        self._added = trio.Event()
 
     async def _gossip_reader(self, subscription: Any) -> None:
         while True:
@@ -349,32 +214,51 @@ class DagService:
             if peer != self.p2p.peer_id:
                 await self.ingest(message.data, peer)
 
+    async def _serve_push(self, stream: Stream) -> None:
+        await serve_push(stream, self.ingest)
+
+    # -- vertices out (see `Announcer`) ---------------------------------------------------
+
+    async def _announce(self, vertex: Vertex) -> None:
+        self._seen[vertex.id] = trio.current_time()
+        await self.announcer.announce(vertex.to_bytes())
+        self._kick_poller.set()
+
     # -- answering peers ------------------------------------------------------------------
 
     async def _serve_query(self, stream: Stream) -> None:
         await serve_query(stream, self._answer)
 
     async def _answer(self, peer: str, vertex_ids: tuple[bytes, ...]) -> tuple[bool, ...]:
-        votes, unknown = await self._call(self._votes, vertex_ids)
+        votes, unknown = await self._inline(self._votes, vertex_ids)
         self.queries_answered += len(vertex_ids)
         self.queries_unknown += len(unknown)
         if unknown:
-            # A query can outrun gossip: fetch from the asker, then answer for real.
-            with trio.move_on_after(self.settings.params.query_timeout_s / 2):
-                await self._fetch_vertices(peer, unknown, ancestry=True)
-            votes, _ = await self._call(self._votes, vertex_ids)
+            # A query can outrun the vertex it names: wait a little for push or gossip to
+            # bring it, then fetch from the asker, then answer for real.
+            budget = self.settings.params.query_timeout_s / 2
+            with trio.move_on_after(budget):
+                with trio.move_on_after(budget / 4):
+                    while unknown:
+                        await self._added.wait()
+                        unknown = await self._inline(self._unknown, unknown)
+                if unknown:
+                    await self.intake.fetch_vertices(peer, unknown, ancestry=True)
+            votes, _ = await self._inline(self._votes, vertex_ids)
         return votes
 
     def _votes(self, vertex_ids: tuple[bytes, ...]) -> tuple[tuple[bool, ...], list[bytes]]:
-        unknown = [v for v in vertex_ids if not self.engine.knows(v)]
-        return tuple(self.engine.vote_for(v) for v in vertex_ids), unknown
+        return tuple(self.engine.vote_for(v) for v in vertex_ids), self._unknown(vertex_ids)
+
+    def _unknown(self, vertex_ids: tuple[bytes, ...] | list[bytes]) -> list[bytes]:
+        return [v for v in vertex_ids if not self.engine.knows(v)]
 
     async def _serve_sync(self, stream: Stream) -> None:
         async def frontier() -> list[bytes]:
-            return await self._call(self.engine.frontier)
+            return await self._inline(self.engine.frontier)
 
         async def bodies(wanted: tuple[bytes, ...]) -> list[bytes]:
-            return await self._call(
+            return await self._inline(
                 lambda: [b for v in wanted if (b := self.engine.vertex_bytes(v)) is not None]
             )
 
@@ -383,23 +267,45 @@ class DagService:
     # -- voting ---------------------------------------------------------------------------
 
     async def _poller(self) -> None:
+        """Each round, in one engine call: apply the votes that came back, close overdue
+        polls, open new ones; then queue each new poll to its peers' outboxes."""
         params = self.settings.params
         while True:
-            polls = await self._call(self.engine.polls_to_send, trio.current_time())
-            by_peer: dict[bytes, list[tuple[int, bytes]]] = {}
+            votes, self._votes_in = self._votes_in, []
+            polls, wants_vertex = await self._call(self._voting_round, votes, trio.current_time())
             for poll in polls:
                 for account in poll.peers:
-                    by_peer.setdefault(account, []).append((poll.poll_id, poll.vertex_id))
-            assert self._nursery is not None
-            for account, asks in by_peer.items():
-                self._nursery.start_soon(self._ask, account, asks)
-            if not polls and await self._call(self.engine.needs_vertex):
-                self._kick_builder.set()
+                    self._query_outbox(account).put((poll.poll_id, poll.vertex_id))
+            if wants_vertex:
+                self.wallet.kick()
             # Open polls need their deadlines checked; with none, wait for something to do.
             busy = bool(polls) or self.engine.avalanche.outstanding_polls > 0  # a len()
             with trio.move_on_after(params.query_timeout_s / 4 if busy else math.inf):
                 await self._kick_poller.wait()
             self._kick_poller = trio.Event()
+
+    def _voting_round(
+        self, votes: list[tuple[bytes, list[int], tuple[bool, ...]]], now: float
+    ) -> tuple[list[PollRequest], bool]:
+        for account, poll_ids, yes in votes:
+            for poll_id, vote in zip(poll_ids, yes, strict=True):
+                self.engine.on_vote(poll_id, account, vote)
+        polls = self.engine.polls_to_send(now)
+        return polls, not polls and self.engine.needs_vertex()
+
+    def _query_outbox(self, account: bytes) -> Outbox[tuple[int, bytes]]:
+        outbox = self._queries.get(account)
+        if outbox is None:
+
+            async def send(asks: list[tuple[int, bytes]]) -> None:
+                await self._ask(account, asks)
+
+            outbox = self._queries[account] = Outbox(
+                send, batch=wire.MAX_QUERY_IDS, limit=OUTBOX_LIMIT
+            )
+            assert self._nursery is not None
+            self._nursery.start_soon(outbox.run)
+        return outbox
 
     async def _ask(self, account: bytes, asks: list[tuple[int, bytes]]) -> None:
         peer = self._peer_of(account)
@@ -416,86 +322,8 @@ class DagService:
         except (NetworkError, RemoteProtocolError, trio.TooSlowError) as exc:
             log.debug("query to %s failed: %s", peer, exc)
             return
-        await self._call(self._apply_votes, account, [p for p, _ in asks], votes)
+        self._votes_in.append((account, [p for p, _ in asks], votes))
         self._kick_poller.set()
-
-    def _apply_votes(self, account: bytes, poll_ids: list[int], votes: tuple[bool, ...]) -> None:
-        for poll_id, yes in zip(poll_ids, votes, strict=True):
-            self.engine.on_vote(poll_id, account, yes)
-
-    # -- building vertices ----------------------------------------------------------------
-
-    async def _builder(self) -> None:
-        settings = self.settings
-        while True:
-            await self._kick_builder.wait()
-            self._kick_builder = trio.Event()
-            if self._mempool:
-                await trio.sleep(settings.batch_window_s)  # a deliberate delay: let a batch gather
-                while self._mempool:
-                    await self._build(self._take_batch())
-            elif await self._call(self.engine.needs_vertex):
-                # Votes only reach a vertex through its descendants; issue an empty one, at a
-                # bounded rate, when nothing else would.
-                await trio.sleep_until(self._last_empty + settings.empty_vertex_interval_s)
-                self._last_empty = trio.current_time()
-                await self._build([])
-
-    def _take_batch(self) -> list[Transaction]:
-        """The oldest queued transactions that fit one vertex and one gossip message."""
-        size = 0
-        for count, tx in enumerate(self._mempool[:MAX_BATCH]):
-            size += PUBLIC_KEY_BYTES[tx.public_key.scheme] + SIGNATURE_BYTES[tx.public_key.scheme]
-            size += TX_OVERHEAD_BYTES
-            if size > MAX_BATCH_BYTES and count > 0:
-                break
-        else:
-            count = min(len(self._mempool), MAX_BATCH)
-        batch, self._mempool = self._mempool[:count], self._mempool[count:]
-        return batch
-
-    async def _build(self, batch: list[Transaction]) -> None:
-        for tx in batch:
-            self._queued.discard(tx.conflict_key)
-        try:
-            vertex = await self._call(self.engine.build_vertex, self.key, batch, self._now_ms())
-        except SwarmError as exc:
-            # Something in the batch went stale while it queued (its nonce got decided by a
-            # vertex from elsewhere): fail just those transactions, queue the rest again.
-            log.warning("could not build a vertex: %s", exc)
-            verdicts = await self._call(self._recheck, batch)
-            for tx, problem in zip(batch, verdicts, strict=True):
-                if problem is None:
-                    self._queue_again(tx)
-                elif (wait := self._waits.pop(tx.id, None)) is not None:
-                    wait.outcome = f"failed: {problem}"
-                    wait.stored.set()
-                    wait.decided.set()
-                    if tx.account == self.key.account_id:
-                        self._next_nonce = None  # recount: our dropped tx must leave no gap
-            return
-        now = trio.current_time()
-        self._seen[vertex.id] = now
-        for tx in batch:
-            if (wait := self._waits.get(tx.id)) is not None:
-                wait.stored.set()
-        self._kick_poller.set()
-        await self.p2p.publish(ids.TOPIC_DAG, vertex.to_bytes())
-
-    def _recheck(self, batch: list[Transaction]) -> list[str | None]:
-        problems: list[str | None] = []
-        for tx in batch:
-            try:
-                self.engine.check_transaction(tx)
-                problems.append(None)
-            except SwarmError as exc:
-                problems.append(str(exc))
-        return problems
-
-    def _queue_again(self, tx: Transaction) -> None:
-        self._queued.add(tx.conflict_key)
-        self._mempool.append(tx)
-        self._kick_builder.set()
 
     # -- events ---------------------------------------------------------------------------
 
@@ -510,32 +338,11 @@ class DagService:
                 if seen is not None:
                     self.vertex_latency.add(now, now - seen)
             elif isinstance(event, TxAccepted | TxApplied | TxRejected):
-                if isinstance(event, TxAccepted):
-                    self.txs_accepted += 1
-                self._settle_wait(event, now)
+                self.wallet.on_tx_event(event, now)
             else:
                 self._seen.pop(event.vertex_id, None)
 
-    def _settle_wait(self, event: TxAccepted | TxApplied | TxRejected, now: float) -> None:
-        wait = self._waits.get(event.tx_id)
-        if wait is None:
-            return
-        if isinstance(event, TxAccepted):
-            wait.outcome = "applied" if event.applied else "accepted"
-            self.tx_latency.add(now, now - wait.submitted)
-        elif isinstance(event, TxApplied):
-            wait.outcome = "applied" if event.ok else f"failed: {event.reason}"
-        else:
-            wait.outcome = "rejected"
-        wait.decided.set()
-        if wait.outcome != "accepted":  # "accepted" may still turn into applied or failed
-            self._waits.pop(event.tx_id, None)
-
     # -- peers ----------------------------------------------------------------------------
-
-    def _account_of(self, peer: str) -> bytes | None:
-        entry = self.p2p.peers.get(peer)
-        return bytes.fromhex(entry.account) if entry is not None and entry.account else None
 
     def _peer_of(self, account: bytes) -> str | None:
         hexed = account.hex()
@@ -544,30 +351,27 @@ class DagService:
                 return entry.peer_id
         return None
 
-    def _penalize(self, peer: str | None, exc: SwarmError) -> None:
-        log.info("rejected vertex from %s: %s", peer or "?", exc)
-        if peer is not None:
-            self.p2p.peers.on_misbehaved(peer, str(exc))
-
     # -- reads for the local API ------------------------------------------------------------
 
     async def status(self, window_s: float = METRICS_WINDOW_S) -> dict[str, Any]:
         stats = await self._call(self.engine.stats)
         return {
             **stats,
-            "txs_accepted": self.txs_accepted,
+            "txs_accepted": self.wallet.txs_accepted,
             "query_rtt": self.query_rtt.summary(window_s),
             "queries_answered": self.queries_answered,
             "queries_unknown": self.queries_unknown,
-            "orphans": len(self._orphans),
-            "mempool": len(self._mempool),
+            **self.announcer.stats(),
+            "orphan_fetches": self.intake.orphan_fetches,
+            "orphans": self.intake.orphans,
+            "mempool": len(self.wallet),
             "finality": self.vertex_latency.summary(window_s),
-            "tx_finality": self.tx_latency.summary(window_s),
+            "tx_finality": self.wallet.tx_latency.summary(window_s),
             "window_s": window_s,
         }
 
     async def balance(self, account: bytes) -> dict[str, Any]:
-        return await self._call(balance_view, self.engine, account)
+        return await self._inline(balance_view, self.engine, account)
 
     async def balances(self) -> list[dict[str, Any]]:
         """Balances of the genesis accounts."""

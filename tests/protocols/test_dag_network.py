@@ -33,6 +33,9 @@ async def test_a_transfer_is_accepted_with_the_same_balances_everywhere(tmp_path
             to = b.keys.account.account_id
             tx_id = await a.dag.transfer(to, 250)
             assert await a.dag.wait_decided(tx_id, 30) == "applied"
+            # three direct peers: the vertex went to each in one hop, not through gossipsub
+            status = await a.dag.status()
+            assert status["vertices_pushed"] >= 1 and status["vertices_gossiped"] == 0
             expected = dict(before)
             expected[a.keys.account.account_id.hex()] -= 250
             expected[to.hex()] += 250
