@@ -108,7 +108,11 @@ def run_scheme(scheme: Scheme, args: argparse.Namespace) -> dict[str, Any]:
             check=False,
         )
         if out.returncode != 0:
-            sys.exit(f"mesh failed: {out.stderr}")
+            # The mesh directory goes with the temporary one: show the node logs first.
+            logs = "".join(
+                f"--- {log}\n{log.read_text()[-2000:]}\n" for log in mesh_dir.glob("*/node.log")
+            )
+            sys.exit(f"mesh failed: {out.stderr}\n{logs}")
         try:
             nodes = json.loads(out.stdout)["nodes"]
             dirs = [Path(n["data_dir"]) for n in nodes]
@@ -120,7 +124,7 @@ def run_scheme(scheme: Scheme, args: argparse.Namespace) -> dict[str, Any]:
             total = per_tick * int((args.warmup + args.seconds + 2) / TICK_S)
             signed = [presign(d, peers, total, i) for i, d in enumerate(dirs)]
             clients = [Client(d, timeout_s=120) for d in dirs]
-            stop, refused = threading.Event(), []
+            stop, refused = threading.Event(), list[str]()
             threads = [
                 threading.Thread(target=offer, args=(c, txs, per_tick, stop, refused), daemon=True)
                 for c, txs in zip(clients, signed, strict=True)
@@ -128,22 +132,26 @@ def run_scheme(scheme: Scheme, args: argparse.Namespace) -> dict[str, Any]:
             for t in threads:
                 t.start()
             time.sleep(args.warmup)
-            accepted0 = clients[0].dag_status()["txs_accepted"]
+            status0 = clients[0].dag_status()
+            accepted0 = status0["txs_accepted"]
             cpu0, t0 = sum(cpu_seconds(p) for p in pids), time.monotonic()
             time.sleep(args.seconds)
-            accepted1 = clients[0].dag_status()["txs_accepted"]
+            status1 = clients[0].dag_status()
+            accepted1 = status1["txs_accepted"]
             cpu1, t1 = sum(cpu_seconds(p) for p in pids), time.monotonic()
             window = t1 - t0
-            latencies = [c.dag_status(window_s=window)["tx_finality"] for c in clients]
+            statuses = [c.dag_status(window_s=window) for c in clients]
+            latencies = [s["tx_finality"] for s in statuses]
             stop.set()
             for t in threads:
                 t.join(timeout=60)
         finally:
             subprocess.run([*cli, "stop"], capture_output=True, check=False)
     accepted = accepted1 - accepted0
+    vertices = status1["accepted"] - status0["accepted"]
     p50s = [lat["p50_s"] for lat in latencies if lat["p50_s"] is not None]
     p99s = [lat["p99_s"] for lat in latencies if lat["p99_s"] is not None]
-    return {
+    result: dict[str, Any] = {
         "accepted_tx_per_s": round(accepted / window, 1),
         "accept_p50_s": round(sorted(p50s)[len(p50s) // 2], 3) if p50s else None,
         "accept_p99_s": round(max(p99s), 3) if p99s else None,
@@ -153,6 +161,22 @@ def run_scheme(scheme: Scheme, args: argparse.Namespace) -> dict[str, Any]:
         "refused": len(refused),
         "window_s": round(window, 2),
     }
+    if args.diag:
+        # Where the time goes: how many vertices carry the load, and how fast polls return.
+        result["diag"] = {
+            "vertices_per_s": round(vertices / window, 1),
+            "txs_per_vertex": round(accepted / vertices, 1) if vertices else None,
+            "vertex_finality": [s["finality"] for s in statuses],
+            "query_rtt": [s["query_rtt"] for s in statuses],
+            "backlog": [
+                {
+                    k: s.get(k)
+                    for k in ("processing", "polls", "mempool", "orphans", "push_backlog",
+                              "push_dropped", "orphan_fetches", "queries_unknown")
+                } for s in statuses
+            ],
+        }
+    return result
 
 
 def main() -> None:
@@ -163,6 +187,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--schemes", default="ed25519,ml-dsa-65")
     parser.add_argument("--preset", default="fast", help="Avalanche preset of the mesh")
+    parser.add_argument("--diag", action="store_true", help="add per-node figures under diag")
     args = parser.parse_args()
     result: dict[str, Any] = {"nodes": args.nodes, "preset": args.preset}
     for label in args.schemes.split(","):
