@@ -10,12 +10,15 @@ import contextlib
 import logging
 from typing import Any
 
+import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.pubsub.pubsub import Pubsub
 
 log = logging.getLogger("swarm.p2p")
+# How long one Noise message may take to go out once it is encrypted (see below).
+NOISE_WRITE_TIMEOUT_S = 10.0
 
 
 def install_signed_record_cache() -> None:
@@ -74,3 +77,36 @@ def guard_pubsub_streams(host: IHost, pubsub: Pubsub, protocols: list[TProtocol]
 
     for protocol in protocols:
         host.set_stream_handler(protocol, guarded)
+
+
+def install_atomic_noise_writes() -> None:
+    """Make a cancelled write leave the Noise session intact.
+
+    py-libp2p's Noise writer encrypts a message (using up the next nonce) and then awaits the
+    socket. A task cancelled at that await (a deadline, a lost race, a lookup no longer
+    needed) sends nothing, or half the bytes; the peer then fails to authenticate every later
+    message and the whole connection dies, taking every stream on it along. Found by the
+    DHT-fallback test: a cancelled lookup broke the connection an inference call then used.
+    Here the encrypt-and-send runs shielded, bounded by NOISE_WRITE_TIMEOUT_S (a peer that
+    stops reading for that long breaks the connection, as it would anyway); the outer
+    cancellation is delivered right after. Installing twice is harmless.
+    """
+    from libp2p.network.connection.exceptions import RawConnError
+    from libp2p.security.noise.io import BaseNoiseMsgReadWriter
+
+    original = BaseNoiseMsgReadWriter.write_msg
+    if getattr(original, "swarm_atomic", False):
+        return
+
+    async def write_msg(self: Any, msg: bytes, prefix_encoded: bool = False) -> None:
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + NOISE_WRITE_TIMEOUT_S
+            await original(self, msg, prefix_encoded)
+        if scope.cancelled_caught:
+            with contextlib.suppress(Exception):
+                await self.close()
+            raise RawConnError(f"a Noise write took over {NOISE_WRITE_TIMEOUT_S} s")
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+    write_msg.swarm_atomic = True  # type: ignore[attr-defined]
+    BaseNoiseMsgReadWriter.write_msg = write_msg  # type: ignore[method-assign]

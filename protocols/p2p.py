@@ -35,7 +35,11 @@ from dag.errors import RemoteProtocolError, SwarmError
 from protocols import ids
 from protocols.errors import NetworkError, PeerRefused, PeerTimeout, map_libp2p_errors
 from protocols.hello import MAX_KNOWN, Hello, initiate_hello, serve_hello
-from protocols.libp2p_fixes import guard_pubsub_streams, install_signed_record_cache
+from protocols.libp2p_fixes import (
+    guard_pubsub_streams,
+    install_atomic_noise_writes,
+    install_signed_record_cache,
+)
 from protocols.peers import PeerEntry, PeerTable
 from protocols.stream import Libp2pStream, Stream
 
@@ -162,6 +166,7 @@ class P2PService:
         # Who we stay connected to is decided here (bootstrap loops, peer exchange);
         # py-libp2p's auto-connector would otherwise redial every known peer every 30 s.
         connections = ConnectionConfig(min_connections=0, low_watermark=0)
+        install_atomic_noise_writes()
         host = new_host(
             key_pair=self._key_pair,
             listen_addrs=listen,
