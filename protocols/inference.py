@@ -79,6 +79,7 @@ class Inference:
         local_peer: str,
         wall_ms: Callable[[], int],
         directory_changed: Callable[[], Awaitable[None]] | None = None,
+        lookup: Callable[[str | None, str | None], Awaitable[object]] | None = None,
     ) -> None:
         self.host = host
         self.directory = directory
@@ -88,6 +89,8 @@ class Inference:
         self._ids = itertools.count(1)  # call ids, unique per node (channels are shared)
         self._router: experts.Router | None = None
         self._directory_changed = directory_changed
+        # (expert id, domain) -> looks providers up outside the directory (the DHT).
+        self._lookup = lookup
 
     @property
     def router(self) -> experts.Router:
@@ -169,20 +172,29 @@ class Inference:
             max_price=max_price,
             remote_only=remote_only,
         )
-        found = await self._await_providers(find, deadline_s)
+        found = await self._await_providers(find, deadline_s, expert_id, domain)
         return await self._first_answer(found, request, domain or "", deadline_s, hedge_after_s)
 
     async def _await_providers(
-        self, find: Callable[[], list[tuple[str, str, int]]], deadline_s: float
+        self,
+        find: Callable[[], list[tuple[str, str, int]]],
+        deadline_s: float,
+        expert_id: str | None,
+        domain: str | None,
     ) -> list[tuple[str, str, int]]:
         """Candidates now, or once an announcement brings some: a node that has just joined
-        hears its peers' offers within one refresh."""
+        hears its peers' offers within one refresh, and meanwhile the lookup (the DHT) finds
+        providers whose gossip does not reach us."""
         found = find()
         if found or self._directory_changed is None:
             return found
         with trio.move_on_after(min(deadline_s / 2, PROVIDER_WAIT_S)):
-            while not (found := find()):
-                await self._directory_changed()
+            async with trio.open_nursery() as nursery:
+                if self._lookup is not None:
+                    nursery.start_soon(self._lookup, expert_id, domain)
+                while not (found := find()):
+                    await self._directory_changed()
+                nursery.cancel_scope.cancel()
         return found
 
     async def tensor(
@@ -200,7 +212,7 @@ class Inference:
             return wire.TensorRequest.of(next(self._ids), expert, budget_ms, rows)
 
         find = partial(self.candidates, expert_id=expert_id, kind="tensor", remote_only=remote_only)
-        found = await self._await_providers(find, deadline_s)
+        found = await self._await_providers(find, deadline_s, expert_id, None)
         return await self._first_answer(found, request, "", deadline_s, hedge_after_s)
 
     async def _first_answer(
