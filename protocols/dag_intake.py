@@ -31,6 +31,7 @@ log = logging.getLogger("swarm.dag")
 MAX_ORPHANS = 50_000
 ORPHAN_GRACE_S = 0.5
 FETCH_SOURCES = 2
+FETCH_TIMEOUT_S = 10.0
 
 
 class Intake:
@@ -113,6 +114,23 @@ class Intake:
                 await self.fetch_vertices(source, wanted)
         finally:
             self._fetching.difference_update(asked)
+
+    def fetch_soon(self, peer: str, wanted: list[bytes]) -> None:
+        """Fetch `wanted` and any ancestors we lack from `peer`, in the background (a peer
+        that asks us about a vertex holds all of its ancestors)."""
+        wanted = [w for w in wanted if w not in self._fetching]
+        if not wanted or self.nursery is None:
+            return
+        self._fetching.update(wanted)
+
+        async def fetch() -> None:
+            try:
+                with trio.move_on_after(FETCH_TIMEOUT_S):
+                    await self.fetch_vertices(peer, wanted, ancestry=True)
+            finally:
+                self._fetching.difference_update(wanted)
+
+        self.nursery.start_soon(fetch)
 
     async def fetch_vertices(
         self, peer: str, wanted: list[bytes], *, ancestry: bool = False

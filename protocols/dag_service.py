@@ -117,6 +117,9 @@ class DagService:
         self._decided = trio.Event()  # pulsed after every batch of decisions
         self.query_rtt = Latencies()  # our polls: time until a peer's votes came back
         self.queries_answered = 0
+        self.calls_threaded = 0  # engine calls run in a worker thread
+        self.calls_inline = 0
+        self.voting_rounds = 0
         self.queries_unknown = 0  # asked about a vertex we did not hold yet
 
     # -- running --------------------------------------------------------------------------
@@ -151,6 +154,7 @@ class DagService:
         def work() -> tuple[T, list[Event]]:
             return fn(*args), self.engine.drain_events()
 
+        self.calls_threaded += 1
         async with self._lock:
             result, events = await trio.to_thread.run_sync(work)
         self._on_events(events)
@@ -158,6 +162,7 @@ class DagService:
 
     async def _inline(self, fn: Callable[..., T], *args: Any) -> T:
         """Run one short engine call that neither verifies nor writes, on the loop."""
+        self.calls_inline += 1
         async with self._lock:
             result = fn(*args)
             events = self.engine.drain_events()
@@ -235,15 +240,14 @@ class DagService:
         self.queries_unknown += len(unknown)
         if unknown:
             # A query can outrun the vertex it names: wait a little for push or gossip to
-            # bring it, then fetch from the asker, then answer for real.
-            budget = self.settings.params.query_timeout_s / 2
-            with trio.move_on_after(budget):
-                with trio.move_on_after(budget / 4):
-                    while unknown:
-                        await self._added.wait()
-                        unknown = await self._inline(self._unknown, unknown)
-                if unknown:
-                    await self.intake.fetch_vertices(peer, unknown, ancestry=True)
+            # bring it. Past that, answer now (unknown is a no) and fetch it from the asker
+            # meanwhile: a fetch here would hold up every later query on this stream.
+            with trio.move_on_after(self.settings.params.query_timeout_s / 8):
+                while unknown:
+                    await self._added.wait()
+                    unknown = await self._inline(self._unknown, unknown)
+            if unknown:
+                self.intake.fetch_soon(peer, unknown)
             votes, _ = await self._inline(self._votes, vertex_ids)
         return votes
 
@@ -272,6 +276,7 @@ class DagService:
         params = self.settings.params
         while True:
             votes, self._votes_in = self._votes_in, []
+            self.voting_rounds += 1
             polls, wants_vertex = await self._call(self._voting_round, votes, trio.current_time())
             for poll in polls:
                 for account in poll.peers:
@@ -361,6 +366,8 @@ class DagService:
             "query_rtt": self.query_rtt.summary(window_s),
             "queries_answered": self.queries_answered,
             "queries_unknown": self.queries_unknown,
+            "engine_calls": {"threaded": self.calls_threaded, "inline": self.calls_inline},
+            "voting_rounds": self.voting_rounds,
             **self.announcer.stats(),
             "orphan_fetches": self.intake.orphan_fetches,
             "orphans": self.intake.orphans,

@@ -171,9 +171,20 @@ def run_scheme(scheme: Scheme, args: argparse.Namespace) -> dict[str, Any]:
             "backlog": [
                 {
                     k: s.get(k)
-                    for k in ("processing", "polls", "mempool", "orphans", "push_backlog",
-                              "push_dropped", "orphan_fetches", "queries_unknown")
-                } for s in statuses
+                    for k in (
+                        "processing",
+                        "polls",
+                        "mempool",
+                        "orphans",
+                        "push_backlog",
+                        "push_dropped",
+                        "orphan_fetches",
+                        "queries_unknown",
+                        "engine_calls",
+                        "voting_rounds",
+                    )
+                }
+                for s in statuses
             ],
         }
     return result
