@@ -74,13 +74,9 @@ class Purse:
         """Use a channel (just opened, or kept from before a restart)."""
         assert row.iou_key is not None
         key = SigningKey(Scheme.ED25519, row.iou_key)
-        if terms is None:
-            from dag.kinds import default_registry
-            from dag.tx import Transaction
-
-            tx = Transaction.from_bytes(row.open_tx, default_registry(), chain=self.chain)
-            terms = ChannelTerms.of_open(tx)
-        channel = ClientChannel(row, terms, key, row.charged_milli, row.seq)
+        channel = ClientChannel(
+            row, terms or row.terms(self.chain), key, row.charged_milli, row.seq
+        )
         self._open[row.counterpart] = channel
         return channel
 
@@ -154,7 +150,6 @@ class Purse:
             ticket.provider,
             channel.terms.provider,
             receipt,
-            b"",
             charged_milli=channel.owed_milli,
             disputed=disputed,
         )

@@ -20,8 +20,6 @@ from dataclasses import dataclass, field, replace
 
 from dag.channels import ChannelTerms, Iou
 from dag.errors import RemoteProtocolError
-from dag.kinds import default_registry
-from dag.tx import Transaction
 from experts.tokens import count_tokens
 from node.market_store import ChannelRow, MarketStore
 from protocols import infer_wire as wire
@@ -129,25 +127,23 @@ class Till:
         return self._serve(stored, terms)
 
     def _serve(self, row: ChannelRow, terms: ChannelTerms | None = None) -> _Open:
-        if terms is None:
-            tx = Transaction.from_bytes(row.open_tx, default_registry(), chain=self.chain)
-            terms = ChannelTerms.of_open(tx)
-        channel = _Open(row, terms, row.charged_milli, row.seq)
+        channel = _Open(row, terms or row.terms(self.chain), row.charged_milli, row.seq)
         self._open[row.id] = channel
         return channel
 
     def state(self, channel_id: bytes) -> _Open | None:
         return self._open.get(channel_id)
 
-    def to_settle(self, *, idle_ms: int | None = None) -> list[_Open]:
-        """Channels to end now: near their expiry, or (given `idle_ms`) quiet that long."""
+    def to_settle(self, *, every: bool = False) -> list[_Open]:
+        """Channels with charges and no call open to end now: those near their expiry, or
+        `every` one (an explicit settle)."""
         now = self._now_ms()
         due = []
         for channel in self._open.values():
             if channel.reserved_milli or not channel.charged_milli:
                 continue
             near = now >= channel.terms.expiry_ms - self.policy.settle_margin_ms
-            if near or idle_ms is not None:
+            if near or every:
                 due.append(channel)
         return due
 
@@ -225,7 +221,6 @@ class Till:
             "",
             channel.terms.client,
             signed,
-            b"",
             charged_milli=channel.charged_milli,
             iou=ticket.iou_bytes,
         )

@@ -16,7 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dag.channels import ChannelTerms
+from dag.codec import encode
 from dag.errors import SwarmError
+from dag.kinds import default_registry
+from dag.tx import Transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS channels (
@@ -53,6 +57,11 @@ class ChannelRow:
     iou_key: bytes | None  # the client's IOU key seed (client side only)
     state: str  # open, ending, ended
     end_tx: bytes | None
+
+    def terms(self, chain: bytes) -> ChannelTerms:
+        """The channel's terms, from the `channel_open` transaction kept with it."""
+        tx = Transaction.from_bytes(self.open_tx, default_registry(), chain=chain)
+        return ChannelTerms.of_open(tx)
 
     def public(self) -> dict[str, Any]:
         return {
@@ -174,14 +183,14 @@ class MarketStore:
         peer: str,
         counterpart: bytes,
         receipt: Any,
-        body: bytes,
         *,
         charged_milli: int,
         iou: bytes | None = None,
         disputed: str = "",
     ) -> None:
-        """One answered call, in one transaction: the receipt, and the channel's new total
-        (and, provider side, the IOU that pays for it when it is the newest)."""
+        """One answered call, in one transaction: the signed receipt (kept whole, as evidence),
+        and the channel's new total (and, provider side, the IOU that pays for it when it is
+        the newest)."""
         c = self._conn
         c.execute("BEGIN IMMEDIATE")
         try:
@@ -199,7 +208,7 @@ class MarketStore:
                     receipt.price_per_1k,
                     receipt.cost_milli,
                     receipt.charged_milli,
-                    body,
+                    encode(receipt.to_wire()),
                     _now_ms(),
                     disputed,
                 ),
