@@ -27,6 +27,7 @@ from dag.avalanche import PollRequest, VertexAccepted
 from dag.crypto import SigningKey
 from dag.engine import Engine, Event, TxAccepted, TxApplied, TxRejected
 from dag.errors import RemoteProtocolError
+from dag.kinds import locked_under
 from dag.params import Params
 from dag.tx import Transaction
 from dag.vertex import Vertex
@@ -175,9 +176,23 @@ class DagService:
         """Sign a transfer from our account and submit it; returns once it is stored."""
         return await self.wallet.transfer(to, amount)
 
+    async def send(
+        self,
+        kind: str,
+        payload: tuple[Any, ...],
+        *,
+        keep: Callable[[Transaction], None] | None = None,
+    ) -> Transaction:
+        """Sign a transaction of `kind` from our account and submit it (see `Wallet.send`)."""
+        return await self.wallet.send(kind, payload, keep=keep)
+
     async def submit(self, tx: Transaction) -> bytes:
         """Submit a transaction someone else signed; returns once it is stored."""
         return await self.wallet.submit(tx)
+
+    async def locked(self, key: bytes) -> int:
+        """Credits the ledger holds locked under `key` (a channel's deposit while it is open)."""
+        return await self._inline(self.engine.ledger.amount, locked_under(key))
 
     async def submit_many(self, txs: list[Transaction]) -> list[str]:
         """Submit signed transactions; one status each (`stored`, or why it was refused)."""

@@ -19,7 +19,7 @@ from dag.crypto import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, SigningKey
 from dag.engine import Engine, TxAccepted, TxApplied, TxRejected
 from dag.errors import ReplayedNonce, SwarmError
 from dag.kinds import transfer_payload
-from dag.tx import Transaction
+from dag.tx import ConflictKey, Transaction
 from dag.vertex import Vertex
 from protocols.metrics import Latencies
 
@@ -81,7 +81,7 @@ class Wallet:
         self._wall = wall_clock
         self._kick = trio.Event()
         self._mempool: list[Transaction] = []
-        self._queued: set[tuple[bytes, int]] = set()  # (account, nonce) of what the mempool holds
+        self._queued: set[ConflictKey] = set()  # every conflict key of what the mempool holds
         self._waits: dict[bytes, _TxWait] = {}
         self._next_nonce: int | None = None
         self._last_empty = -1e9
@@ -100,32 +100,47 @@ class Wallet:
 
     async def transfer(self, to: bytes, amount: int) -> bytes:
         """Sign a transfer from our account and submit it; returns once it is stored."""
+        tx = await self.send("transfer", transfer_payload(to, amount))
+        return tx.id
+
+    async def send(
+        self,
+        kind: str,
+        payload: tuple[Any, ...],
+        *,
+        keep: Callable[[Transaction], None] | None = None,
+    ) -> Transaction:
+        """Sign a transaction of any registered kind from our account and submit it; returns
+        once it is stored. `keep` sees the signed transaction before it is queued (a channel
+        open keeps its IOU key first, so nothing it funds is ever lost)."""
 
         def make() -> Transaction:
             account = self.key.account_id
-            available = self.engine.spendable(account, self._mempool)
-            if amount > available:
-                raise InsufficientCredits(
-                    f"cannot send {amount} credits: {available} are spendable "
-                    f"(balance less transfers still pending)"
-                )
             if self._next_nonce is None:
                 self._next_nonce = self.engine.next_free_nonce(account)
             tx = Transaction.create(
                 self.key,
                 chain=self.engine.chain,
                 nonce=self._next_nonce,
-                kind="transfer",
-                payload=transfer_payload(to, amount),
+                kind=kind,
+                payload=payload,
                 registry=self.engine.registry,
             )
-            self.engine.check_transaction(tx)
+            self.engine.check_transaction(tx, int(self._wall() * 1000))
+            available = self.engine.spendable(account, self._mempool)
+            if self.engine.spendable(account, [*self._mempool, tx]) < 0:
+                raise InsufficientCredits(
+                    f"a {kind} needs more than the {available} credits spendable "
+                    f"(balance less transactions still pending)"
+                )
             self._next_nonce += 1
             return tx
 
         tx = await self._call(make)
+        if keep is not None:
+            keep(tx)
         await self._queue(tx).stored.wait()
-        return tx.id
+        return tx
 
     async def submit(self, tx: Transaction) -> bytes:
         """Submit a transaction someone else signed; returns once it is stored."""
@@ -157,10 +172,14 @@ class Wallet:
         wait = self._waits.get(tx.id)
         if wait is not None:
             return wait  # the same transaction again: wait with the first submitter
-        if tx.conflict_key in self._queued:
-            raise ReplayedNonce(f"nonce {tx.nonce} of this account is already queued here")
+        keys = self.engine.registry.conflict_keys(tx)
+        if not self._queued.isdisjoint(keys):
+            raise ReplayedNonce(
+                f"a transaction in the conflict set of this one (nonce {tx.nonce} of its "
+                "account, or the same channel's end) is already queued here"
+            )
         wait = self._waits[tx.id] = _TxWait(submitted=trio.current_time())
-        self._queued.add(tx.conflict_key)
+        self._queued.update(keys)
         self._mempool.append(tx)
         self._kick.set()
         return wait
@@ -207,7 +226,7 @@ class Wallet:
 
     async def _build(self, batch: list[Transaction]) -> None:
         for tx in batch:
-            self._queued.discard(tx.conflict_key)
+            self._queued.difference_update(self.engine.registry.conflict_keys(tx))
         try:
             vertex = await self._call(
                 self.engine.build_vertex, self.key, batch, int(self._wall() * 1000)
@@ -244,7 +263,7 @@ class Wallet:
         return problems
 
     def _queue_again(self, tx: Transaction) -> None:
-        self._queued.add(tx.conflict_key)
+        self._queued.update(self.engine.registry.conflict_keys(tx))
         self._mempool.append(tx)
         self._kick.set()
 
