@@ -29,7 +29,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 Kind = Literal["tensor", "generator"]
 
@@ -70,14 +70,17 @@ class Stats:
     fail: float = 0.0
     latency_s: float | None = None
     calls: int = 0
+    failed: int = 0  # calls that erred or missed their deadline
+    refused: int = 0  # calls the provider turned down (busy, or unpaid)
 
     @property
     def success_rate(self) -> float:
         """Estimated chance the next call succeeds; 1.0 before any call (see module doc)."""
         return (self.ok + 1.0) / (self.ok + self.fail + 1.0)
 
-    def after(self, ok: bool, latency_s: float, busy: bool) -> Stats:
-        """These stats with one more call's outcome folded in."""
+    def after(self, ok: bool, latency_s: float, busy: bool, refused: bool = False) -> Stats:
+        """These stats with one more call's outcome folded in (`busy` also counts as
+        refused)."""
         miss = 0.0 if ok else BUSY_WEIGHT if busy else 1.0
         latency = self.latency_s
         if ok:  # a failure's latency is a timeout, already paid for by FAILURE_COST_S
@@ -89,6 +92,8 @@ class Stats:
             self.fail * DECAY + miss,
             latency,
             self.calls + 1,
+            self.failed + (not ok and not (busy or refused)),
+            self.refused + (busy or refused),
         )
 
 
@@ -202,18 +207,51 @@ class Directory:
         return found
 
     def record(
-        self, provider: str, expert_id: str, ok: bool, latency_s: float, busy: bool = False
+        self,
+        provider: str,
+        expert_id: str,
+        ok: bool,
+        latency_s: float,
+        busy: bool = False,
+        refused: bool = False,
     ) -> None:
         """Fold the outcome of one call we made into that provider's stats for the expert."""
         key = (provider, expert_id)
         stats = self._stats.pop(key, None) or Stats()
-        self._stats[key] = stats.after(ok, latency_s, busy)
+        self._stats[key] = stats.after(ok, latency_s, busy, refused)
         if len(self._stats) > self._max_stats:
             del self._stats[next(iter(self._stats))]
 
     def stats(self, provider: str, expert_id: str) -> Stats | None:
         """Our measured stats for one provider's expert, None if we never called it."""
         return self._stats.get((provider, expert_id))
+
+    def reputation(self) -> dict[str, dict[str, Any]]:
+        """Per provider, over its experts: calls, success rate, latency, failed and refused
+        calls, as our own calls measured them (what routing ranks by)."""
+        out: dict[str, dict[str, Any]] = {}
+        for (provider, _), stats in self._stats.items():
+            entry = out.setdefault(
+                provider,
+                {"calls": 0, "ok": 0.0, "seen": 0.0, "failed": 0, "refused": 0, "lat": []},
+            )
+            entry["calls"] += stats.calls
+            entry["ok"] += stats.ok
+            entry["seen"] += stats.ok + stats.fail
+            entry["failed"] += stats.failed
+            entry["refused"] += stats.refused
+            if stats.latency_s is not None:
+                entry["lat"].append(stats.latency_s)
+        return {
+            provider: {
+                "calls": e["calls"],
+                "success_rate": round((e["ok"] + 1.0) / (e["seen"] + 1.0), 3),
+                "latency_ms": round(1000 * sum(e["lat"]) / len(e["lat"]), 3) if e["lat"] else None,
+                "failed": e["failed"],
+                "refused": e["refused"],
+            }
+            for provider, e in out.items()
+        }
 
     def rank(
         self,

@@ -28,7 +28,7 @@ from protocols.errors import NetworkError, map_libp2p_errors
 from protocols.framing import field
 from protocols.infer_client import InferChannel
 from protocols.infer_server import ExpertHost
-from protocols.inference import Inference
+from protocols.inference import Inference, Payer
 from protocols.p2p import P2PService
 from protocols.stream import FramedStream, Stream
 
@@ -72,6 +72,7 @@ class ExpertService:
         host_sign: Callable[[bytes], bytes],
         settings: ExpertSettings,
         wall_clock: Callable[[], float],
+        payer: Payer | None = None,
     ) -> None:
         self.host = host
         self.p2p = p2p
@@ -95,6 +96,7 @@ class ExpertService:
             wall_ms=self._now_ms,
             directory_changed=self.directory_changed,
             lookup=self.discover,
+            payer=payer,
         )
 
     def _now_ms(self) -> int:

@@ -57,6 +57,15 @@ class Busy(SwarmError):
 class PaymentRefused(SwarmError):
     """A paid request the provider will not serve: no IOU, a bad one, or one too small."""
 
+    code = "payment"
+
+
+class ChannelRefused(PaymentRefused):
+    """The IOU's channel cannot pay here (unknown, ended, near its expiry, another account's,
+    or an IOU behind the provider's count): the client should open another channel."""
+
+    code = "channel"
+
 
 class PaymentGate(Protocol):
     """The market's hook into the call path (see `node.market_provider`)."""
@@ -221,7 +230,7 @@ class ExpertHost:
                         try:
                             ticket = self.gate.admit(peer, request)
                         except PaymentRefused as exc:
-                            refusal = wire.ErrorResult(request.id, "payment", str(exc))
+                            refusal = wire.ErrorResult(request.id, exc.code, str(exc))
                 if refusal is not None:
                     try:
                         await answer(refusal)

@@ -12,14 +12,15 @@ may come back in any order.
  -> {"t": "array", "id": n, "expert": hex, "rows": n, "cols": n, "data": bytes,
      "tokens_in": n, "tokens_out": n, "compute_us": n}
  -> {"t": "error", "id": n, "code": "unknown_expert" | "bad_input" | "busy" | "deadline"
-     | "internal", "reason": str}
+     | "internal" | "payment" | "channel", "reason": str}
 
 `deadline_ms` is the time the caller still gives the call, relative, so no clocks need to
 agree. For a tensor call the billable tokens are the rows in and the rows out.
 
 A paid call adds `"pay": bytes` (the client's IOU) to the request, and the provider adds
-`"receipt": [...]` to the answer, or refuses with the error code "payment" (see
-`protocols.market_wire`).
+`"receipt": [...]` to the answer, or refuses with the error code "payment" (this call
+cannot be paid: no IOU, a bad or short one, a limit) or "channel" (the IOU's channel cannot
+pay here at all: the client opens another); see `protocols.market_wire`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,15 @@ VERSION = 1
 MAX_FRAME = 4 << 20
 MAX_PROMPT_CHARS = 16_384
 MAX_TENSOR_CELLS = 1 << 20
-ERROR_CODES = ("unknown_expert", "bad_input", "busy", "deadline", "internal", "payment")
+ERROR_CODES = (
+    "unknown_expert",
+    "bad_input",
+    "busy",
+    "deadline",
+    "internal",
+    "payment",
+    "channel",
+)
 MAX_PAY_BYTES = 256
 
 

@@ -15,14 +15,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import trio
 
 import experts
-from dag.errors import RemoteProtocolError, SwarmError
+from dag.errors import SwarmError
 from experts.directory import Directory
 from protocols import infer_wire as wire
 from protocols.errors import NetworkError, PeerTimeout
@@ -46,6 +46,23 @@ class InferenceFailed(SwarmError):
         self.attempts = attempts
 
 
+class Payer(Protocol):
+    """Pays providers that charge: the market's client side (`node.market.Market`)."""
+
+    async def prepare(self, provider: str, request: wire.Request, price: int) -> object | None:
+        """A ticket that reserves the call's largest cost on a channel with `provider`
+        (opened first if need be), or None when the provider serves for free."""
+
+    def sign(self, ticket: object) -> bytes:
+        """The IOU of a prepared call, made as its request goes on the wire."""
+
+    def paid(self, ticket: object, result: wire.TextResult | wire.ArrayResult) -> int:
+        """Check and keep the answer's receipt; what the call cost in milli-credits."""
+
+    def unpaid(self, ticket: object, error: BaseException) -> None:
+        """The call failed: drop its reservation, and learn from a payment refusal."""
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     expert_id: str
@@ -59,6 +76,7 @@ class Answer:
     elapsed_s: float
     attempts: tuple[tuple[str, str], ...] = ()
     consensus: dict[str, Any] | None = None
+    cost_milli: int = 0  # what the caller paid, in thousandths of a credit
 
 
 @dataclass
@@ -80,6 +98,7 @@ class Inference:
         wall_ms: Callable[[], int],
         directory_changed: Callable[[], Awaitable[None]] | None = None,
         lookup: Callable[[str | None, str | None], Awaitable[object]] | None = None,
+        payer: Payer | None = None,
     ) -> None:
         self.host = host
         self.directory = directory
@@ -91,6 +110,7 @@ class Inference:
         self._directory_changed = directory_changed
         # (expert id, domain) -> looks providers up outside the directory (the DHT).
         self._lookup = lookup
+        self.payer = payer
 
     @property
     def router(self) -> experts.Router:
@@ -278,19 +298,23 @@ class Inference:
         provider, expert, price = candidate
         budget_ms = max(1, int((deadline - trio.current_time()) * 1000))
         started = time.perf_counter()
+        call = request(expert, budget_ms)
+        cost = 0
         try:
             with trio.fail_at(deadline):
                 if provider == LOCAL:
-                    result = await self.host.call(request(expert, budget_ms))
+                    result = await self.host.call(call)
+                elif self.payer is None or price == 0:
+                    result = await self._channel_for(provider).call(call)
                 else:
-                    result = await self._channel_for(provider).call(request(expert, budget_ms))
+                    result, cost, started = await self._paid_call(provider, call, price)
         except (
             CallFailed,
             CallError,
             Busy,
             NetworkError,
             PeerTimeout,
-            RemoteProtocolError,
+            SwarmError,
             trio.TooSlowError,
         ) as exc:
             why = getattr(exc, "code", None) or type(exc).__name__
@@ -302,6 +326,7 @@ class Inference:
                     ok=False,
                     latency_s=time.perf_counter() - started,
                     busy=why == "busy",
+                    refused=why in ("payment", "channel"),
                 )
             return None
         elapsed = time.perf_counter() - started
@@ -319,7 +344,35 @@ class Inference:
             tokens_out=result.tokens_out,
             price_per_1k=price,
             elapsed_s=elapsed,
+            cost_milli=cost,
         )
+
+    async def _paid_call(
+        self, provider: str, call: wire.Request, price: int
+    ) -> tuple[wire.TextResult | wire.ArrayResult, int, float]:
+        """A call paid on a channel: (result, its cost in milli-credits, when the call itself
+        started, after any channel was opened). A provider that refuses the channel (it
+        settled it meanwhile) gets one more try on a new one."""
+        payer = self.payer
+        assert payer is not None
+        channel = self._channel_for(provider)
+        for again in (True, False):
+            ticket = await payer.prepare(provider, call, price)
+            started = time.perf_counter()
+            if ticket is None:
+                return await channel.call(call), 0, started
+            try:
+                result = await channel.call(call, pay=partial(payer.sign, ticket))
+            except CallFailed as exc:
+                payer.unpaid(ticket, exc)
+                if again and exc.code == "channel":
+                    continue
+                raise
+            except BaseException as exc:
+                payer.unpaid(ticket, exc)
+                raise
+            return result, payer.paid(ticket, result), started
+        raise AssertionError("the loop returns or raises")
 
     def _domain_of(self, expert_id: str) -> str:
         hosted = self.host.experts.get(expert_id)
@@ -363,6 +416,7 @@ class Inference:
             tokens_out=combined.tokens_out,
             price_per_1k=chosen.price_per_1k,
             elapsed_s=max(a.elapsed_s for _, a in answers),
+            cost_milli=sum(a.cost_milli for _, a in answers),
             consensus={
                 "agreement": combined.agreement,
                 "asked": [

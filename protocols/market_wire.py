@@ -14,10 +14,14 @@ where an ML-DSA-65 account signature would cost about a millisecond each.
 
 `/swarm/market/1.0.0` is one request and one reply per stream:
 
-    {"t": "quote?"}                     -> {"t": "quote", "prices": {expert: n}, "valid_ms": n}
+    {"t": "quote?"}                     -> {"t": "quote", "paid": bool, "prices": {expert: n},
+                                             "valid_ms": n}
     {"t": "channel", "open": tx bytes}  -> {"t": "channel", "charged": n, "seq": n,
-                                             "iou": bytes | nil, "prices": ..., "valid_ms": n}
+                                             "iou": bytes | nil, "paid": ..., "prices": ...,
+                                             "valid_ms": n}
     any                                 -> {"t": "error", "reason": str}
+
+`paid` says whether the provider serves for pay at all: a free one needs no channel.
 
 `channel` tells a provider about a channel the DAG has accepted for it (the `channel_open`
 transaction itself); the reply gives the provider's state of that channel, so a client that
@@ -33,6 +37,7 @@ from typing import Any
 from dag.codec import as_array, as_bytes, as_int, encode, expect_header
 from dag.crypto import PublicKey, Scheme, Signature
 from dag.errors import RemoteProtocolError
+from experts.tokens import count_tokens
 from protocols import infer_wire as wire
 from protocols.framing import field
 
@@ -66,6 +71,14 @@ def output_digest(result: wire.TextResult | wire.ArrayResult) -> bytes:
     if isinstance(result, wire.ArrayResult):
         return _digest(encode([result.rows, result.cols]), result.data)
     return _digest(result.text.encode())
+
+
+def max_tokens(request: wire.Request) -> int:
+    """The most tokens a call can be charged: a tensor call's rows in and out (the same
+    count), a generation's prompt and `max_tokens`. Both sides reserve this much."""
+    if isinstance(request, wire.TensorRequest):
+        return 2 * request.rows
+    return count_tokens(request.prompt) + request.max_tokens
 
 
 def cost_milli(tokens: int, price_per_1k: int) -> int:
@@ -152,11 +165,15 @@ class Receipt:
 class Quote:
     """A provider's prices per expert, held for the asking client for `valid_ms`."""
 
+    paid: bool
     prices: dict[str, int]
     valid_ms: int
 
     def encode(self) -> dict[str, Any]:
-        return {"t": "quote", "v": VERSION, "prices": self.prices, "valid_ms": self.valid_ms}
+        return {"t": "quote", "v": VERSION, **self._fields()}
+
+    def _fields(self) -> dict[str, Any]:
+        return {"paid": self.paid, "prices": self.prices, "valid_ms": self.valid_ms}
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +192,7 @@ class ChannelState:
             "charged": self.charged_milli,
             "seq": self.seq,
             "iou": self.iou,
-            "prices": self.quote.prices,
-            "valid_ms": self.quote.valid_ms,
+            **self.quote._fields(),
         }
 
 
@@ -192,7 +208,19 @@ def error_reply(reason: str) -> dict[str, Any]:
     return {"t": "error", "v": VERSION, "reason": reason[:500]}
 
 
+def decode_request(body: dict[str, Any], *, peer: str) -> bytes | None:
+    """A client's request: None for a quote, the `channel_open` bytes for a channel."""
+    if body["v"] != VERSION:
+        raise RemoteProtocolError(f"market version {body['v']} is not {VERSION}", peer=peer)
+    if body["t"] == "quote?":
+        return None
+    if body["t"] == "channel":
+        return bytes(field(body, "open", bytes, peer=peer, max_len=MAX_FRAME))
+    raise RemoteProtocolError(f"unknown market request {body['t']!r}", peer=peer)
+
+
 def _quote(body: dict[str, Any], peer: str) -> Quote:
+    paid = field(body, "paid", bool, peer=peer)
     prices = field(body, "prices", dict, peer=peer)
     if len(prices) > 256:
         raise RemoteProtocolError("quote: too many experts", peer=peer)
@@ -204,7 +232,7 @@ def _quote(body: dict[str, Any], peer: str) -> Quote:
     valid_ms = field(body, "valid_ms", int, peer=peer)
     if not 0 <= valid_ms <= 3_600_000:
         raise RemoteProtocolError("quote: valid_ms must be 0..3600000", peer=peer)
-    return Quote(dict(prices), valid_ms)
+    return Quote(paid, dict(prices), valid_ms)
 
 
 def decode_reply(body: dict[str, Any], *, peer: str) -> Quote | ChannelState:

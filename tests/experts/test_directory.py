@@ -106,6 +106,26 @@ def test_stats_keep_a_latency_ewma_and_a_decayed_success_rate() -> None:
     )
 
 
+def test_reputation_counts_failed_and_refused_calls_per_provider() -> None:
+    d = Directory()
+    d.record("p", E1, True, 0.010)
+    d.record("p", E2, True, 0.030)
+    d.record("p", E1, False, 1.0)
+    d.record("p", E1, False, 0.001, busy=True)
+    d.record("p", E2, False, 0.001, refused=True)
+    d.record("q", E1, True, 0.002)
+    rep = d.reputation()
+    assert rep["p"]["calls"] == 5 and rep["p"]["failed"] == 1 and rep["p"]["refused"] == 2
+    assert rep["p"]["latency_ms"] == 20.0 and rep["p"]["success_rate"] < rep["q"]["success_rate"]
+    assert rep["q"] == {
+        "calls": 1,
+        "success_rate": 1.0,
+        "latency_ms": 2.0,
+        "failed": 0,
+        "refused": 0,
+    }
+
+
 def test_stats_are_bounded_dropping_the_least_recently_recorded() -> None:
     d = Directory(max_stats=2)
     d.record("a", E1, True, 0.001)
