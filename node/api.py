@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from dag.errors import RemoteProtocolError, SwarmError
 from dag.tx import Transaction
+from node.api_market import market_routes
 from protocols.errors import NetworkError, PeerRefused, PeerTimeout
 
 if TYPE_CHECKING:
@@ -228,6 +229,7 @@ def build_app(node: Node, token: str) -> Starlette:
         Route("/v1/status", endpoint(status), methods=["GET"]),
         Route("/v1/peers", endpoint(peers), methods=["GET"]),
         Route("/v1/connect", endpoint(connect), methods=["POST"]),
+        *market_routes(node, endpoint),
     ]
     return Starlette(routes=routes)
 
@@ -278,6 +280,7 @@ def _answer_doc(node: Node, answer: Any, elapsed_s: float) -> dict[str, Any]:
         "tokens_in": answer.tokens_in,
         "tokens_out": answer.tokens_out,
         "price_per_1k": answer.price_per_1k,
+        "cost": answer.cost_milli / 1000,
         "elapsed_ms": round(elapsed_s * 1000, 2),
         "attempts": [{"provider": p, "outcome": o} for p, o in answer.attempts],
         "consensus": answer.consensus,

@@ -301,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     from node.cli_experts import add_parsers
 
     add_parsers(sub, common)
+    from node.cli_market import add_parsers as add_market_parsers
+
+    add_market_parsers(sub, common)
 
     p = sub.add_parser("mesh", parents=[common], help="a test mesh of daemons on this machine")
     p.add_argument("action", nargs="?", default="start", choices=["start", "stop", "join"])
@@ -315,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="Avalanche parameters of the nodes (fast suits a mesh on one machine)",
     )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the mesh")
+    p.add_argument(
+        "--free", action="store_true", help="nodes serve their experts free (default: for pay)"
+    )
     p.set_defaults(func=cmd_mesh)
     return parser
 

@@ -226,6 +226,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         args.json,
         f"{doc['text']}\n-- {doc['domain']} expert {doc['expert_id'][:16]} "
         f"on {who}, {doc['tokens_in']} tokens in, {doc['tokens_out']} out, "
-        f"{doc['price_per_1k']} credits/1k, {doc['elapsed_ms']:.1f} ms{extra}",
+        f"{doc['price_per_1k']} credits/1k, cost {doc['cost']:.3f} credits, "
+        f"{doc['elapsed_ms']:.1f} ms{extra}",
     )
     return 0

@@ -144,3 +144,15 @@ class Client:
             {"expert": expert_id, "rows": rows, "deadline_s": deadline_s},
             timeout_s=deadline_s + 30,
         )
+
+    def market(self, view: str, **query: Any) -> dict[str, Any]:
+        """GET /v1/market/<view>: channels, receipts, providers or prices."""
+        suffix = "?" + urlencode(query) if query else ""
+        return self.request("GET", f"/v1/market/{view}{suffix}")
+
+    def settle(self) -> dict[str, Any]:
+        """Settle every channel we serve that has charges, now."""
+        return self.request("POST", "/v1/market/settle", {}, timeout_s=60)
+
+    def usage(self, days: int = 30) -> dict[str, Any]:
+        return self.request("GET", "/v1/usage?" + urlencode({"days": days}))

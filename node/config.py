@@ -69,6 +69,35 @@ class DagConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MarketConfig:
+    """Serving for pay (the provider's terms) and paying (the client's channels)."""
+
+    serve_paid: bool = False  # opt-in: without it our experts are free and announced at 0
+    price_ceiling: int = 0  # the price rises with the queue from the floor up to this; 0: fixed
+    max_tokens_per_request: int = 8_192
+    client_tokens_per_day: int = 1_000_000  # per paying account, served by us
+    tokens_per_day: int = 10_000_000  # served by us to everyone
+    quote_valid_s: float = 30.0
+    settle_margin_s: float = 120.0  # settle this long before a channel's expiry
+    settle_idle_s: float = 0.0  # also settle a channel idle this long (0: only near expiry)
+    deposit: int = 100  # credits a new channel locks (more if one call needs more)
+    channel_lifetime_s: float = 3_600.0
+
+
+_MARKET_BOUNDS: dict[str, tuple[float, float]] = {
+    "price_ceiling": (0, 10**9),
+    "max_tokens_per_request": (1, 10**9),
+    "client_tokens_per_day": (0, 10**15),
+    "tokens_per_day": (0, 10**15),
+    "quote_valid_s": (1, 3_600),
+    "settle_margin_s": (0, 86_400),
+    "settle_idle_s": (0, 86_400 * 30),
+    "deposit": (1, 10**15),
+    "channel_lifetime_s": (10, 86_400 * 30),
+}
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     format: str = "text"
     level: str = "info"
@@ -83,6 +112,7 @@ class NodeConfig:
     api: ApiConfig = field(default_factory=ApiConfig)
     dag: DagConfig = field(default_factory=DagConfig)
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
+    market: MarketConfig = field(default_factory=MarketConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     @property
@@ -97,6 +127,7 @@ def render_config(
     api_port: int,
     preset: str = "default",
     host: list[str] | None = None,
+    serve_paid: bool = False,
 ) -> str:
     """The commented `config.toml` that `swarm-node init` writes."""
 
@@ -147,6 +178,24 @@ price_per_1k = 10
 # Which zoo files to load: "int8" (small) or "f32".
 precision = "int8"
 
+[market]
+# Serve our experts for pay (opt-in). Without it they are free, and announced at price 0.
+serve_paid = {"true" if serve_paid else "false"}
+# The price follows our queue from price_per_1k (the floor) up to this; 0 keeps it fixed.
+price_ceiling = 0
+# Limits on what we serve for pay: tokens per request, per client per day, in all per day.
+max_tokens_per_request = 8192
+client_tokens_per_day = 1000000
+tokens_per_day = 10000000
+# How long a quote holds for the client that asked.
+quote_valid_s = 30.0
+# We settle a channel this long before it expires, and after it sat idle this long (0: not).
+settle_margin_s = 120.0
+settle_idle_s = 0.0
+# When we pay: the credits a new channel locks, and how long it lasts.
+deposit = 100
+channel_lifetime_s = 3600.0
+
 [log]
 # "text" for people, "json" for machines.
 format = "text"
@@ -176,6 +225,10 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         "batch_window_ms": (int, float),
     },
     "experts": {"host": list, "price_per_1k": int, "precision": str},
+    "market": {
+        "serve_paid": bool,
+        **{key: (int, float) if key.endswith("_s") else int for key in _MARKET_BOUNDS},
+    },
     "log": {"format": str, "level": str},
 }
 
@@ -256,6 +309,10 @@ def parse_config(doc: dict[str, Any], data_dir: Path, path: Path | str) -> NodeC
     if not 0 <= dag.batch_window_ms <= 1000:
         raise ConfigError(path, "dag.batch_window_ms", "must be 0..1000")
     experts = _experts(path, doc.get("experts", {}))
+    market = doc.get("market", {})
+    for key, (low, high) in _MARKET_BOUNDS.items():
+        if key in market and not low <= market[key] <= high:
+            raise ConfigError(path, f"market.{key}", f"must be {low:g}..{high:g}")
     name = get("node", "name", "node")
     if not 1 <= len(name) <= 64:
         raise ConfigError(path, "node.name", "must be 1 to 64 characters")
@@ -267,6 +324,7 @@ def parse_config(doc: dict[str, Any], data_dir: Path, path: Path | str) -> NodeC
         api=ApiConfig(port=port),
         dag=dag,
         experts=experts,
+        market=MarketConfig(**market),
         log=log,
     )
 

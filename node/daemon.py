@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -22,6 +23,10 @@ from node.api import build_app, serve_api
 from node.config import NodeConfig, dag_params
 from node.datadir import RUNTIME, Keys, load_genesis, load_keys, read_token, write_atomic
 from node.hosting import load_hosted
+from node.market import Market
+from node.market_client import Purse
+from node.market_provider import Till
+from node.market_store import MarketStore
 from protocols.dag_service import DagService, DagSettings
 from protocols.expert_service import ExpertService, ExpertSettings
 from protocols.hello import Binding, Hello
@@ -35,6 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("swarm.node")
 DAG_STORE = "dag.sqlite"
+MARKET_STORE = "market.sqlite"
 
 
 @dataclass
@@ -48,6 +54,7 @@ class Node:
     p2p: P2PService
     dag: DagService
     experts: ExpertService
+    market: Market
     store: Store
     wall_clock: Callable[[], float] = time.time
     api_port: int = 0
@@ -83,6 +90,7 @@ class Node:
                 await nursery.start(self.p2p.run)
                 await nursery.start(self.dag.run)
                 await nursery.start(self.experts.run)
+                await nursery.start(self.market.run)
                 app = build_app(self, read_token(self.config.data_dir))
                 self.api_port = await nursery.start(serve_api, app, self.config.api.port)
                 write_atomic(runtime, json.dumps(self.status()) + "\n")
@@ -99,6 +107,7 @@ class Node:
             runtime.unlink(missing_ok=True)
             # Engine calls run in worker threads that the nursery waited for: none is left.
             self.store.close()
+            self.market.store.close()
 
 
 def build_node(config: NodeConfig, *, wall_clock: Callable[[], float] = time.time) -> Node:
@@ -140,13 +149,42 @@ def build_node(config: NodeConfig, *, wall_clock: Callable[[], float] = time.tim
             dag_params(config.dag), batch_window_s=config.dag.batch_window_ms / 1000
         ),
     )
+    host = ExpertHost(load_hosted(config.experts))
+    market_store = MarketStore.open(config.data_dir / MARKET_STORE)
+    account_of = _account_of(peers)
+    floor = config.experts.price_per_1k
+    till = Till(
+        policy=config.market,
+        store=market_store,
+        chain=genesis.digest,
+        account_of=account_of,
+        floor_price=lambda expert: floor if expert in host.experts else None,
+        queue_depth=host.queue_depth,
+        queue_cap=host.limits.queue_per_expert,
+        host_sign=keys.host.private_key.sign,
+        now_ms=lambda: int(wall_clock() * 1000),
+    )
+    host.gate = till
+    market = Market(
+        config=config.market,
+        store=market_store,
+        till=till,
+        purse=Purse(market_store, genesis.digest, _host_key_of),
+        dag=dag,
+        p2p=p2p,
+        hosted=lambda: list(host.experts),
+        account_of=account_of,
+        wall_clock=wall_clock,
+    )
     expert_service = ExpertService(
-        host=ExpertHost(load_hosted(config.experts)),
+        host=host,
         p2p=p2p,
         account=keys.account,
         host_sign=keys.host.private_key.sign,
-        settings=ExpertSettings(price_per_1k=config.experts.price_per_1k),
+        # A node that does not serve for pay announces its experts free.
+        settings=ExpertSettings(price_per_1k=floor if config.market.serve_paid else 0),
         wall_clock=wall_clock,
+        payer=market,
     )
     return Node(
         config=config,
@@ -156,6 +194,29 @@ def build_node(config: NodeConfig, *, wall_clock: Callable[[], float] = time.tim
         p2p=p2p,
         dag=dag,
         experts=expert_service,
+        market=market,
         store=store,
         wall_clock=wall_clock,
     )
+
+
+def _account_of(peers: PeerTable) -> Callable[[str], bytes | None]:
+    """The account a member peer proved in its hello, or None."""
+
+    def account_of(peer: str) -> bytes | None:
+        entry = peers.get(peer)
+        if entry is None or not entry.member or not entry.account:
+            return None
+        return bytes.fromhex(entry.account)
+
+    return account_of
+
+
+@functools.lru_cache(maxsize=1024)
+def _host_key_of(peer: str) -> bytes | None:
+    """A peer's host key (Ed25519, raw), from its peer id: what signs its receipts."""
+    try:
+        key = ID.from_base58(peer).extract_public_key()
+    except ValueError:
+        return None
+    return None if key is None else bytes(key.to_bytes())

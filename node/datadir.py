@@ -175,6 +175,7 @@ def write_node(
     api_port: int = 0,
     preset: str = "default",
     host: list[str] | None = None,
+    serve_paid: bool = False,
 ) -> dict[str, Any]:
     """Write a new node's files: keys (0600, never over an existing one), config, genesis, token."""
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -190,7 +191,13 @@ def write_node(
     write_atomic(
         data_dir / CONFIG_FILE,
         render_config(
-            name, listen or ["/ip4/127.0.0.1/tcp/0"], bootstrap or [], api_port, preset, host
+            name,
+            listen or ["/ip4/127.0.0.1/tcp/0"],
+            bootstrap or [],
+            api_port,
+            preset,
+            host,
+            serve_paid=serve_paid,
         ),
     )
     return {

@@ -87,21 +87,18 @@ class Purse:
         """Take the provider's count of seq (ours may be behind after a restart)."""
         channel.seq = max(channel.seq, state.seq)
 
-    def ended(self, provider_account: bytes, state: str = "ending") -> None:
-        channel = self._open.pop(provider_account, None)
-        if channel is not None:
-            self.store.set_state(channel.id, state)
+    def ended(self, channel_id: bytes, state: str = "ending") -> None:
+        """Use the channel no more (the provider refused it, or it is being closed)."""
+        for account, channel in list(self._open.items()):
+            if channel.id == channel_id:
+                del self._open[account]
+        self.store.set_state(channel_id, state)
 
     def reserve(
         self, channel: ClientChannel, provider: str, request: wire.Request, price: int
     ) -> PayTicket | None:
         """Reserve the call's largest cost; None if the channel cannot pay for it."""
-        max_tokens = (
-            2 * request.rows
-            if isinstance(request, wire.TensorRequest)
-            else count_tokens(request.prompt) + request.max_tokens
-        )
-        max_cost = mw.cost_milli(max_tokens, price)
+        max_cost = mw.cost_milli(mw.max_tokens(request), price)
         if max_cost > channel.room_milli():
             return None
         channel.reserved_milli += max_cost

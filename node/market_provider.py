@@ -20,24 +20,11 @@ from dataclasses import dataclass, field, replace
 
 from dag.channels import ChannelTerms, Iou
 from dag.errors import RemoteProtocolError
-from experts.tokens import count_tokens
+from node.config import MarketConfig
 from node.market_store import ChannelRow, MarketStore
 from protocols import infer_wire as wire
 from protocols import market_wire as mw
-from protocols.infer_server import PaymentRefused
-
-
-@dataclass(frozen=True, slots=True)
-class MarketPolicy:
-    """The provider's terms, from the `[market]` config section."""
-
-    serve_paid: bool = False
-    price_ceiling: int = 0  # 0: the price stays at the floor (the announced price)
-    max_tokens_per_request: int = 8_192
-    client_tokens_per_day: int = 1_000_000
-    tokens_per_day: int = 10_000_000
-    quote_valid_ms: int = 30_000
-    settle_margin_ms: int = 120_000  # settle this long before a channel's expiry
+from protocols.infer_server import ChannelRefused, PaymentRefused
 
 
 @dataclass
@@ -49,6 +36,7 @@ class _Open:
     charged_milli: int
     seq: int
     reserved_milli: int = 0
+    last_ms: int = 0  # when it last charged a call (or was registered)
     quotes: dict[str, tuple[int, int]] = field(default_factory=dict)  # expert: (price, until)
 
 
@@ -66,7 +54,7 @@ class Till:
     def __init__(
         self,
         *,
-        policy: MarketPolicy,
+        policy: MarketConfig,
         store: MarketStore,
         chain: bytes,
         account_of: Callable[[str], bytes | None],
@@ -77,6 +65,7 @@ class Till:
         now_ms: Callable[[], int],
     ) -> None:
         self.policy = policy
+        self._margin_ms = int(policy.settle_margin_s * 1000)
         self.store = store
         self.chain = chain
         self._account_of = account_of
@@ -107,11 +96,12 @@ class Till:
 
     def quote(self, experts: list[str], client: bytes | None) -> mw.Quote:
         prices = {e: p for e in experts if (p := self.price(e)) is not None}
-        until = self._now_ms() + self.policy.quote_valid_ms
+        valid_ms = int(self.policy.quote_valid_s * 1000)
+        until = self._now_ms() + valid_ms
         for channel in self._open.values():
             if client is not None and channel.terms.client == client:
                 channel.quotes.update({e: (p, until) for e, p in prices.items()})
-        return mw.Quote(prices, self.policy.quote_valid_ms)
+        return mw.Quote(self.policy.serve_paid, prices, valid_ms)
 
     def register(self, peer: str, row: ChannelRow, terms: ChannelTerms) -> _Open:
         """Serve a channel the DAG has accepted for us (the caller checked its lock)."""
@@ -127,30 +117,48 @@ class Till:
         return self._serve(stored, terms)
 
     def _serve(self, row: ChannelRow, terms: ChannelTerms | None = None) -> _Open:
-        channel = _Open(row, terms or row.terms(self.chain), row.charged_milli, row.seq)
+        channel = _Open(
+            row, terms or row.terms(self.chain), row.charged_milli, row.seq, last_ms=self._now_ms()
+        )
         self._open[row.id] = channel
         return channel
 
     def state(self, channel_id: bytes) -> _Open | None:
         return self._open.get(channel_id)
 
+    def channels(self) -> list[_Open]:
+        return list(self._open.values())
+
     def to_settle(self, *, every: bool = False) -> list[_Open]:
-        """Channels with charges and no call open to end now: those near their expiry, or
-        `every` one (an explicit settle)."""
+        """Channels with charges and no call open to end now: those near their expiry, idle
+        for `settle_idle_s` (when set), or `every` one (an explicit settle)."""
         now = self._now_ms()
+        idle_ms = int(self.policy.settle_idle_s * 1000)
         due = []
         for channel in self._open.values():
             if channel.reserved_milli or not channel.charged_milli:
                 continue
-            near = now >= channel.terms.expiry_ms - self.policy.settle_margin_ms
-            if near or every:
+            near = now >= channel.terms.expiry_ms - self._margin_ms
+            idle = idle_ms > 0 and now - channel.last_ms >= idle_ms
+            if near or idle or every:
                 due.append(channel)
         return due
 
-    def ending(self, channel_id: bytes, end_tx: bytes) -> None:
-        """We sent the channel's settle: serve it no more."""
-        self._open.pop(channel_id, None)
-        self.store.set_state(channel_id, "ending", end_tx)
+    def lapsed(self) -> list[_Open]:
+        """Channels past serving (near their expiry) with nothing to settle: the client
+        takes its deposit back with a close."""
+        now = self._now_ms()
+        return [
+            c
+            for c in self._open.values()
+            if not c.charged_milli
+            and not c.reserved_milli
+            and now >= c.terms.expiry_ms - self._margin_ms
+        ]
+
+    def take(self, channel_id: bytes) -> _Open | None:
+        """Serve the channel no more (it is being settled, or has lapsed)."""
+        return self._open.pop(channel_id, None)
 
     # -- the call path (PaymentGate) ------------------------------------------------------
 
@@ -167,19 +175,19 @@ class Till:
             raise PaymentRefused(f"bad IOU: {exc}") from None
         channel = self._open.get(iou.channel_id)
         if channel is None:
-            raise PaymentRefused(f"no open channel {iou.channel_id.hex()[:16]} here")
+            raise ChannelRefused(f"no open channel {iou.channel_id.hex()[:16]} here")
         terms = channel.terms
         if self._account_of(peer) != terms.client:
-            raise PaymentRefused("the channel belongs to another account")
+            raise ChannelRefused("the channel belongs to another account")
         if iou.seq <= channel.seq:
-            raise PaymentRefused(f"replayed IOU: seq {iou.seq} is not above {channel.seq}")
-        if self._now_ms() >= terms.expiry_ms - self.policy.settle_margin_ms:
-            raise PaymentRefused("the channel is about to expire: open another")
+            raise ChannelRefused(f"replayed IOU: seq {iou.seq} is not above {channel.seq}")
+        if self._now_ms() >= terms.expiry_ms - self._margin_ms:
+            raise ChannelRefused("the channel is about to expire: open another")
         try:
             terms.check_iou(self.chain, iou)
         except RemoteProtocolError as exc:
             raise PaymentRefused(f"bad IOU: {exc}") from None
-        max_tokens = _max_tokens(request)
+        max_tokens = mw.max_tokens(request)
         if max_tokens > self.policy.max_tokens_per_request:
             raise PaymentRefused(
                 f"{max_tokens} tokens is over the cap of {self.policy.max_tokens_per_request}"
@@ -203,6 +211,7 @@ class Till:
         cost = mw.cost_milli(tokens, ticket.price)
         channel.reserved_milli -= ticket.max_cost_milli
         channel.charged_milli += cost
+        channel.last_ms = self._now_ms()
         receipt = mw.Receipt(
             channel.row.id,
             ticket.iou.seq,
@@ -218,7 +227,7 @@ class Till:
         signed = replace(receipt, signature=self._sign(receipt.message()))
         self.store.record(
             "provider",
-            "",
+            channel.row.peer,
             channel.terms.client,
             signed,
             charged_milli=channel.charged_milli,
@@ -254,11 +263,3 @@ class Till:
             used = self._client_today[client] = self.store.tokens_today("provider", client)
         if used + tokens > self.policy.client_tokens_per_day:
             raise PaymentRefused("this client has used its tokens for the day here")
-
-
-def _max_tokens(request: wire.Request) -> int:
-    """The most tokens a call can be charged: a tensor call's rows in and out (the same
-    count), a generation's prompt and `max_tokens`."""
-    if isinstance(request, wire.TensorRequest):
-        return 2 * request.rows
-    return count_tokens(request.prompt) + request.max_tokens

@@ -90,6 +90,7 @@ class Mesh:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.nodes: list[MeshNode] = []
+        self.paid = True  # nodes serve their experts for pay (`mesh --free`: they do not)
 
     # -- files ------------------------------------------------------------------------------
 
@@ -108,6 +109,7 @@ class Mesh:
                 )
                 for n in doc["nodes"]
             ]
+            self.paid = bool(doc.get("paid", True))
         except FileNotFoundError:
             raise MeshError(f"no mesh in {self.root} (start one with `swarm-node mesh`)") from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -118,7 +120,12 @@ class Mesh:
         write_atomic(
             self.root / MESH_FILE,
             json.dumps(
-                {"chain_id": genesis.chain_id, "nodes": [n.row() for n in self.nodes]}, indent=2
+                {
+                    "chain_id": genesis.chain_id,
+                    "paid": self.paid,
+                    "nodes": [n.row() for n in self.nodes],
+                },
+                indent=2,
             )
             + "\n",
         )
@@ -126,10 +133,13 @@ class Mesh:
     def running(self) -> list[MeshNode]:
         return [n for n in self.nodes if n.pid and _alive(n.pid, n.data_dir)]
 
-    def create(self, count: int, scheme: Scheme, preset: str = "default") -> None:
+    def create(
+        self, count: int, scheme: Scheme, preset: str = "default", *, paid: bool = True
+    ) -> None:
         """Make `count` identities, one genesis holding all their accounts, and their dirs."""
         if count < 1:
             raise MeshError("a mesh needs at least one node")
+        self.paid = paid
         identities = [Identity.generate(scheme) for _ in range(count)]
         names = [f"node-{i}" for i in range(count)]
         genesis = Genesis(
@@ -165,6 +175,7 @@ class Mesh:
                 bootstrap=[a for j, a in enumerate(addrs) if j != i],
                 preset=preset,
                 host=hosted_by(i, count),
+                serve_paid=paid,
             )
             self.nodes.append(MeshNode(names[i], data_dir, ident.peer_id, addrs[i]))
         self.save()
@@ -189,6 +200,7 @@ class Mesh:
             listen=[f"/ip4/127.0.0.1/tcp/{port}"],
             bootstrap=[n.addr for n in self.nodes],
             host=[DOMAINS[index % len(DOMAINS)], "ffn64"],
+            serve_paid=self.paid,
         )
         self.nodes.append(node)
         self.save()
@@ -316,7 +328,7 @@ async def _start(mesh: Mesh, args: argparse.Namespace) -> int:
             )
         _progress(f"restarting the {len(mesh.nodes)}-node mesh in {mesh.root}")
     else:
-        mesh.create(args.nodes, Scheme.parse(args.scheme), args.preset)
+        mesh.create(args.nodes, Scheme.parse(args.scheme), args.preset, paid=not args.free)
     processes: list[trio.Process] = []
     detached = False
     # Signals are ours from the first moment: Ctrl-C while the mesh comes up stops it too.

@@ -29,8 +29,12 @@ echo
 echo "== the experts node-1 can reach: its own, and those its peers announce"
 swarm experts --data-dir "$MESH_DIR/node-1"
 echo
-echo "== node-1 asks the mesh; the router picks mathematics, which node-0 serves"
+echo "== node-1 asks the mesh; the router picks mathematics, which node-0 serves for pay:"
+echo "   node-1 opens a payment channel to node-0 on the DAG, then pays each call with an IOU"
 swarm infer --data-dir "$MESH_DIR/node-1" "457+268="
+echo
+echo "== the same again: the channel is open, so no consensus round is on the call's path"
+swarm infer --data-dir "$MESH_DIR/node-1" "600+199="
 echo
 echo "== and a coding question, answered by whoever serves coding"
 swarm infer --data-dir "$MESH_DIR/node-0" "def add(a, b):" --max-tokens 40
@@ -40,6 +44,21 @@ swarm mesh join --dir "$MESH_DIR"
 echo
 echo "== node-1: peers after the join"
 swarm peers --data-dir "$MESH_DIR/node-1"
+echo
+echo "== node-1: the usage receipts node-0 signed, and what node-1 measured of its providers"
+swarm market receipts --data-dir "$MESH_DIR/node-1"
+swarm market providers --data-dir "$MESH_DIR/node-1"
+echo
+echo "== node-0 settles what node-1 owes it through the DAG (it would on its own before expiry)"
+swarm market settle --wait 30 --data-dir "$MESH_DIR/node-0"
+swarm market channels --data-dir "$MESH_DIR/node-0"
+echo
+echo "== usage: tokens node-1 used, and tokens node-0 earned"
+swarm usage --data-dir "$MESH_DIR/node-1"
+swarm usage --data-dir "$MESH_DIR/node-0"
+echo
+echo "== balances of the mesh after the paid inference, as node-0 sees them"
+swarm balance --all --data-dir "$MESH_DIR/node-0"
 echo
 echo "== stopping the mesh"
 swarm mesh stop --dir "$MESH_DIR"

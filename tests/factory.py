@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -50,16 +51,22 @@ def make_node_dirs(
     prefix: str = "n",
     validators: int | None = None,
     hosts: list[list[str]] | None = None,
+    paid: list[bool] | None = None,
 ) -> list[Path]:
     """Data dirs for `count` nodes sharing one genesis; returns their paths. `hosts[i]`
-    lists the experts node i serves (zoo domains, "ffn64")."""
+    lists the experts node i serves (zoo domains, "ffn64"), `paid[i]` whether for pay."""
     identities = [Identity.generate(scheme) for _ in range(count)]
     genesis = make_genesis(identities, chain_id, validators)
     dirs = []
     for i, ident in enumerate(identities):
         data_dir = root / f"{prefix}{i}"
         write_node(
-            data_dir, ident, name=f"{prefix}{i}", genesis=genesis, host=hosts[i] if hosts else None
+            data_dir,
+            ident,
+            name=f"{prefix}{i}",
+            genesis=genesis,
+            host=hosts[i] if hosts else None,
+            serve_paid=paid[i] if paid else False,
         )
         dirs.append(data_dir)
     return dirs
@@ -67,14 +74,21 @@ def make_node_dirs(
 
 @asynccontextmanager
 async def running_nodes(
-    dirs: list[Path], *, ping_interval_s: float = 5.0
+    dirs: list[Path],
+    *,
+    ping_interval_s: float = 5.0,
+    wall_clock: Callable[[], float] = time.time,
+    market: dict[str, Any] | None = None,
 ) -> AsyncIterator[list[Node]]:
-    """Start a node for each data dir (with `nursery.start`) and stop them all at exit."""
+    """Start a node for each data dir (with `nursery.start`) and stop them all at exit.
+    `market` overrides settings of the `[market]` config section."""
     nodes = []
     for data_dir in dirs:
         config = load_config(data_dir)
         config = replace(config, network=replace(config.network, ping_interval_s=ping_interval_s))
-        nodes.append(build_node(config))
+        if market:
+            config = replace(config, market=replace(config.market, **market))
+        nodes.append(build_node(config, wall_clock=wall_clock))
     async with trio.open_nursery() as nursery:
         for node in nodes:
             await nursery.start(node.run)

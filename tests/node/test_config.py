@@ -27,6 +27,9 @@ def test_rendered_config_loads_back() -> None:
 
     config = parse_config(tomllib.loads(text), Path("/d"), "x")
     assert config.name == "n1" and len(config.network.bootstrap) == 1
+    assert config.market.serve_paid is False and config.market.deposit == 100
+    paid = render_config("n1", ["/ip4/127.0.0.1/tcp/0"], [], 0, serve_paid=True)
+    assert parse_config(tomllib.loads(paid), Path("/d"), "x").market.serve_paid is True
     assert config.genesis_path == Path("/d/genesis.json")
 
 
@@ -42,6 +45,10 @@ def test_rendered_config_loads_back() -> None:
         ("[network]\nping_interval_s = 0\n", "network.ping_interval_s", "greater than 0"),
         ("[api]\nport = 70000\n", "api.port", "not a TCP port"),
         ("[log]\nformat = 'xml'\n", "log.format", "'xml'"),
+        ("[market]\nserve_paid = 1\n", "market.serve_paid", "true or false"),
+        ("[market]\ndeposit = 0\n", "market.deposit", "must be 1.."),
+        ("[market]\nchannel_lifetime_s = 1\n", "market.channel_lifetime_s", "must be 10.."),
+        ("[market]\nprice = 3\n", "market.price", "unknown key"),
     ],
 )
 def test_broken_config_names_file_key_and_problem(

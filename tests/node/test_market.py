@@ -17,8 +17,9 @@ from dag.channels import ChannelTerms, Iou, open_payload, settle_payload
 from dag.crypto import Scheme, SigningKey
 from dag.kinds import default_registry
 from dag.ledger import Ledger
+from node.config import MarketConfig
 from node.market_client import Purse, new_channel_row
-from node.market_provider import MarketPolicy, Ticket, Till
+from node.market_provider import Ticket, Till
 from node.market_store import MarketStore
 from protocols import infer_wire as wire
 from protocols import market_wire as mw
@@ -46,7 +47,7 @@ def _open(deposit: int = 5) -> tuple[Any, ChannelTerms]:
 
 def _till(path: Path, **policy: Any) -> Till:
     return Till(
-        policy=MarketPolicy(serve_paid=True, **policy),
+        policy=MarketConfig(serve_paid=True, **policy),
         store=MarketStore.open(path / "provider.sqlite"),
         chain=CHAIN,
         account_of=ACCOUNTS.get,

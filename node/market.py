@@ -1,0 +1,416 @@
+"""The market service: paid calls on both sides, and the channels' life on the DAG.
+
+As a provider it answers `/swarm/market/1.0.0` (quotes; registration of a channel the DAG
+has applied for us: its deposit must sit in the channel's lock on our own ledger), hands its
+`Till` to the expert host as the call path's payment gate, and settles each channel with the
+newest IOU: before the channel's expiry, after it sat idle (when configured), or on request.
+
+As a client it is the `Payer` of `protocols.inference`: a call to a provider that charges
+gets a quote (kept while it holds), a channel (opened on the DAG the first time, or when the
+old one cannot pay, then registered with the provider), a reservation and an IOU; the receipt
+of the answer is checked and kept. After a channel's expiry, the client takes the deposit
+back with `channel_close` unless the provider settled first.
+
+Every channel row is stored before the transaction that funds it is queued (the IOU key
+first), so a kill -9 loses no deposit: the keeper finds the row after a restart and ends it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import trio
+
+from dag.channels import ChannelTerms, Iou, channel_id, close_payload, open_payload, settle_payload
+from dag.crypto import Scheme, SigningKey
+from dag.errors import SwarmError
+from dag.kinds import default_registry
+from dag.tx import Transaction
+from node.config import MarketConfig
+from node.market_client import ClientChannel, PayTicket, Purse, new_channel_row
+from node.market_provider import Till
+from node.market_store import ChannelRow, MarketStore
+from protocols import ids, market_peer
+from protocols import infer_wire as wire
+from protocols import market_wire as mw
+from protocols.dag_service import DagService
+from protocols.infer_client import CallFailed
+from protocols.p2p import P2PService
+
+log = logging.getLogger("swarm.market")
+KEEP_EVERY_S = 1.0  # how often the keeper looks for channels to settle, close or mark ended
+APPLY_TIMEOUT_S = 30.0  # a channel open not applied in this long is given up (for this call)
+REGISTER_WAIT_S = 10.0  # how long a provider waits for its ledger to apply a channel's open
+ASK_TIMEOUT_S = 10.0
+QUOTE_SLACK_MS = 1_000  # ask again this long before a quote lapses
+_LOST = ("failed", "rejected")  # a channel end that did not happen: try again
+
+
+class MarketRefused(SwarmError):
+    """A market request we will not serve (the reason goes back to the peer)."""
+
+
+class ChannelFailed(SwarmError):
+    """A channel could not be opened or registered; the message says at which step."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Quoted:
+    quote: mw.Quote
+    until_ms: int
+
+
+@dataclass
+class _Opening:
+    """A channel being opened, that calls wait for."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    channel: ClientChannel | None = None
+    error: str = ""
+
+
+class Market:
+    """One node's market: a `Desk` for `/swarm/market/1.0.0` and a `Payer` for inference."""
+
+    def __init__(
+        self,
+        *,
+        config: MarketConfig,
+        store: MarketStore,
+        till: Till,
+        purse: Purse,
+        dag: DagService,
+        p2p: P2PService,
+        hosted: Callable[[], list[str]],
+        account_of: Callable[[str], bytes | None],
+        wall_clock: Callable[[], float],
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.till = till
+        self.purse = purse
+        self.dag = dag
+        self.p2p = p2p
+        self._hosted = hosted
+        self._account_of = account_of
+        self._wall = wall_clock
+        self.chain = dag.engine.chain
+        self.account = dag.key.account_id
+        self._quotes: dict[str, _Quoted] = {}
+        self._opening: dict[bytes, _Opening] = {}  # by provider account
+        self._kick = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    def _now_ms(self) -> int:
+        return int(self._wall() * 1000)
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async def serve(stream: Any) -> None:
+            await market_peer.serve(stream, self)
+
+        self.p2p.set_handler(ids.MARKET, serve)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._keeper)
+            task_status.started(self)
+            await trio.sleep_forever()
+
+    # -- provider: the desk ---------------------------------------------------------------
+
+    def quote(self, peer: str) -> mw.Quote:
+        return self.till.quote(self._hosted(), self._account_of(peer))
+
+    async def channel(self, peer: str, open_tx: bytes) -> mw.ChannelState:
+        """Serve a channel a client opened for us, once our own ledger holds its deposit."""
+        if not self.config.serve_paid:
+            raise MarketRefused("this node serves for free: no channel is needed")
+        tx = Transaction.from_bytes(open_tx, default_registry(), chain=self.chain)
+        terms = ChannelTerms.of_open(tx)
+        if terms.provider != self.account:
+            raise MarketRefused("the channel pays another provider")
+        if self._account_of(peer) != terms.client:
+            raise MarketRefused("the channel belongs to another account")
+        if self._now_ms() >= terms.expiry_ms - int(self.config.settle_margin_s * 1000):
+            raise MarketRefused("the channel expires too soon to be served")
+        cid = channel_id(self.chain, terms)
+        served = self.till.state(cid)
+        if served is None:
+            with trio.move_on_after(REGISTER_WAIT_S):
+                await self.dag.wait_for(lambda: self._funded(cid, terms.deposit))
+            if await self.dag.locked(cid) != terms.deposit:
+                raise MarketRefused("our ledger holds no deposit for this channel (yet)")
+            row = ChannelRow(
+                cid,
+                "provider",
+                peer,
+                terms.client,
+                open_tx,
+                terms.deposit,
+                terms.expiry_ms,
+                0,
+                0,
+                None,
+                None,
+                "open",
+                None,
+            )
+            served = self.till.register(peer, row, terms)
+            log.info("serving channel %s of %s for pay", cid.hex()[:12], peer[-8:])
+        stored = self.store.channel(cid)
+        iou = stored.iou if stored is not None else None
+        return mw.ChannelState(served.charged_milli, served.seq, iou, self.quote(peer))
+
+    async def _funded(self, cid: bytes, deposit: int) -> bool:
+        return await self.dag.locked(cid) == deposit
+
+    async def settle(self, *, every: bool = True) -> list[dict[str, Any]]:
+        """Settle channels now: every one with charges (`every`), or those due."""
+        done = []
+        for channel in self.till.to_settle(every=every):
+            if self.till.take(channel.row.id) is None:
+                continue  # another settle took it while we waited
+            done.append(await self._settle(channel.row.id, channel.terms, channel.charged_milli))
+        return done
+
+    async def _settle(self, cid: bytes, terms: ChannelTerms, charged_milli: int) -> dict[str, Any]:
+        row = self.store.channel(cid)
+        assert row is not None and row.iou is not None  # charged: the IOU was stored first
+        amount = mw.credits_for(charged_milli)
+        payload = settle_payload(terms, Iou.from_bytes(row.iou), amount)
+        try:
+            tx = await self.dag.send("channel_settle", payload)
+        except SwarmError as exc:
+            # The client closed first (only possible after the expiry): nothing to claim.
+            log.warning("cannot settle channel %s: %s", cid.hex()[:12], exc)
+            self.store.set_state(cid, "ending")
+            return {"channel": cid.hex(), "amount": 0, "error": str(exc)}
+        self.store.set_state(cid, "ending", tx.id)
+        log.info("settling channel %s for %d credits", cid.hex()[:12], amount)
+        return {"channel": cid.hex(), "amount": amount, "tx": tx.id.hex()}
+
+    # -- client: the payer ----------------------------------------------------------------
+
+    async def prepare(self, provider: str, request: wire.Request, price: int) -> PayTicket | None:
+        quote = await self._quote_of(provider)
+        if not quote.paid:
+            return None
+        price = quote.prices.get(request.expert, price)
+        account = self._account_of(provider)
+        if account is None:
+            raise ChannelFailed(f"no account is known for provider {provider[-8:]}")
+        channel = self.purse.channel(account)
+        if channel is not None and self._usable(channel.terms):
+            ticket = self.purse.reserve(channel, provider, request, price)
+            if ticket is not None:
+                return ticket
+        channel = await self._opened(provider, account, request, price)
+        ticket = self.purse.reserve(channel, provider, request, price)
+        if ticket is None:
+            raise ChannelFailed("a new channel cannot pay for the call")
+        return ticket
+
+    async def _opened(
+        self, provider: str, account: bytes, request: wire.Request, price: int
+    ) -> ClientChannel:
+        """A new channel to `provider`, opened by a task of ours: a caller that gives up
+        (its deadline) leaves the opening to finish, and the next call uses the channel.
+        Calls that need one while it opens wait for the same one."""
+        opening = self._opening.get(account)
+        if opening is None:
+            assert self._nursery is not None
+            opening = self._opening[account] = _Opening()
+            self._nursery.start_soon(self._open_task, opening, provider, account, request, price)
+        await opening.done.wait()
+        if opening.channel is None:
+            raise ChannelFailed(opening.error)
+        return opening.channel
+
+    async def _open_task(
+        self,
+        opening: _Opening,
+        provider: str,
+        account: bytes,
+        request: wire.Request,
+        price: int,
+    ) -> None:
+        try:
+            opening.channel = await self._open_channel(provider, account, request, price)
+        except SwarmError as exc:
+            log.warning("cannot open a channel to %s: %s", provider[-8:], exc)
+            opening.error = str(exc)
+        finally:
+            del self._opening[account]
+            opening.done.set()
+
+    def sign(self, ticket: object) -> bytes:
+        assert isinstance(ticket, PayTicket)
+        return self.purse.sign(ticket)
+
+    def paid(self, ticket: object, result: wire.TextResult | wire.ArrayResult) -> int:
+        assert isinstance(ticket, PayTicket)
+        done = self.purse.record(ticket, result)
+        if done.disputed:
+            log.warning("provider %s overclaims: %s", ticket.provider[-8:], done.disputed)
+        return done.cost_milli
+
+    def unpaid(self, ticket: object, error: BaseException) -> None:
+        assert isinstance(ticket, PayTicket)
+        self.purse.release(ticket)
+        if isinstance(error, CallFailed) and error.code == "channel":
+            # The provider will not take this channel's IOUs any more (it settled it, or
+            # lost or refused it): the next call opens another; the keeper ends this one.
+            log.info("provider %s refused channel: %s", ticket.provider[-8:], error)
+            self.purse.ended(ticket.channel.id)
+
+    def _usable(self, terms: ChannelTerms) -> bool:
+        return self._now_ms() < terms.expiry_ms - 2 * int(self.config.settle_margin_s * 1000)
+
+    async def _quote_of(self, provider: str) -> mw.Quote:
+        known = self._quotes.get(provider)
+        if known is not None and known.until_ms > self._now_ms():
+            return known.quote
+        with trio.fail_after(ASK_TIMEOUT_S):
+            reply = await market_peer.ask(self.p2p.open_stream, provider, mw.quote_request())
+        if not isinstance(reply, mw.Quote):
+            raise ChannelFailed(f"provider {provider[-8:]} answered a quote with a channel")
+        self._remember(provider, reply)
+        return reply
+
+    def _remember(self, provider: str, quote: mw.Quote) -> None:
+        until = self._now_ms() + quote.valid_ms - QUOTE_SLACK_MS
+        self._quotes[provider] = _Quoted(quote, until)
+
+    async def _open_channel(
+        self, provider: str, account: bytes, request: wire.Request, price: int
+    ) -> ClientChannel:
+        """Lock a deposit for `provider` on the DAG, wait until it applies, register it."""
+        need = mw.credits_for(mw.cost_milli(mw.max_tokens(request), price))
+        deposit = max(self.config.deposit, 2 * need)
+        expiry = self._now_ms() + int(self.config.channel_lifetime_s * 1000)
+        key = SigningKey.generate(Scheme.ED25519)
+        payload = open_payload(account, deposit, expiry, key.public_key)
+        rows: list[ChannelRow] = []
+
+        def keep(tx: Transaction) -> None:
+            terms = ChannelTerms.of_open(tx)
+            row = new_channel_row(
+                chain=self.chain,
+                provider_peer=provider,
+                terms=terms,
+                open_tx=tx.to_bytes(),
+                key=key,
+            )
+            self.store.put_channel(row)  # the IOU key is on disk before the deposit can lock
+            rows.append(row)
+
+        tx = await self.dag.send("channel_open", payload, keep=keep)
+        row = rows[0]
+        outcome = await self.dag.wait_decided(tx.id, APPLY_TIMEOUT_S)
+        if outcome != "applied":
+            # Still pending: the keeper ends the row once it applies and expires.
+            raise ChannelFailed(f"the channel open is {outcome}, not applied")
+        try:
+            with trio.fail_after(ASK_TIMEOUT_S):
+                state = await market_peer.ask(
+                    self.p2p.open_stream, provider, mw.channel_request(row.open_tx)
+                )
+        except SwarmError as exc:
+            self.store.set_state(row.id, "unregistered")
+            raise ChannelFailed(
+                f"provider {provider[-8:]} did not take the channel: {exc}"
+            ) from None
+        if not isinstance(state, mw.ChannelState):
+            self.store.set_state(row.id, "unregistered")
+            raise ChannelFailed(f"provider {provider[-8:]} answered a channel with a quote")
+        self._remember(provider, state.quote)
+        row = replace(row, state="open")
+        self.store.set_state(row.id, "open")
+        channel = self.purse.adopt(row)
+        self.purse.resume(channel, state)
+        log.info(
+            "opened channel %s to %s: %d credits until %d",
+            row.id.hex()[:12],
+            provider[-8:],
+            deposit,
+            expiry,
+        )
+        return channel
+
+    # -- the keeper: channels' ends -------------------------------------------------------
+
+    async def _keeper(self) -> None:
+        while True:
+            try:
+                await self.keep()
+            except SwarmError as exc:
+                log.warning("market keeper: %s", exc)
+            await trio.sleep(KEEP_EVERY_S)  # a periodic sweep, not a wait for an event
+
+    async def keep(self) -> None:
+        """One sweep: settle what is due, drop lapsed channels, close our expired ones, and
+        mark ended every channel whose lock is empty."""
+        await self.settle(every=False)
+        for channel in self.till.lapsed():
+            self.till.take(channel.row.id)
+            self.store.set_state(channel.row.id, "ending")
+        now = self._now_ms()
+        for row in self.store.channels():
+            if row.state == "ended":
+                continue
+            locked = await self.dag.locked(row.id)
+            if row.role == "provider":
+                if row.state == "ending" and locked == 0:
+                    self._ended(row)
+                continue
+            expired = now >= row.expiry_ms
+            if locked == 0:
+                # Settled or closed; or, for a row still "opening" past its expiry, an open
+                # that never applied.
+                if row.state != "opening" or expired:
+                    self._ended(row)
+            elif locked == row.deposit and expired and await self._unended(row):
+                await self._close(row)
+
+    async def _unended(self, row: ChannelRow) -> bool:
+        """No end of ours is under way: none was sent, or the one sent did not happen."""
+        return row.end_tx is None or await self.dag.tx_status(row.end_tx) in _LOST
+
+    async def _close(self, row: ChannelRow) -> None:
+        terms = row.terms(self.chain)
+        try:
+            tx = await self.dag.send("channel_close", close_payload(terms))
+        except SwarmError as exc:
+            log.info("cannot close channel %s yet: %s", row.id.hex()[:12], exc)
+            return
+        self.purse.ended(row.id)
+        self.store.set_state(row.id, "ending", tx.id)
+        log.info("closing channel %s: %d credits back", row.id.hex()[:12], row.deposit)
+
+    def _ended(self, row: ChannelRow) -> None:
+        if row.role == "client":
+            self.purse.ended(row.id, "ended")
+        self.store.set_state(row.id, "ended")
+
+    # -- views ----------------------------------------------------------------------------
+
+    def prices(self) -> dict[str, Any]:
+        """Our prices now (as a provider), and the quotes we hold from providers."""
+        now = self._now_ms()
+        ours = self.till.quote(self._hosted(), None)
+        return {
+            "serve_paid": self.config.serve_paid,
+            "ours": ours.prices,
+            "floor_to_ceiling": self.config.price_ceiling,
+            "quotes": [
+                {
+                    "provider": p,
+                    "paid": q.quote.paid,
+                    "prices": q.quote.prices,
+                    "valid_ms": max(0, q.until_ms - now),
+                }
+                for p, q in self._quotes.items()
+            ],
+        }

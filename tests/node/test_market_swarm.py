@@ -1,0 +1,244 @@
+"""The market in running nodes over real libp2p hosts: paid calls, settlement on the DAG,
+the client's close after expiry, and bad market requests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+
+import node.market as market_module
+from dag.channels import close_payload, open_payload
+from dag.crypto import Scheme
+from dag.errors import SwarmError
+from dag.kinds import default_registry
+from dag.tx import Transaction
+from node.daemon import Node
+from protocols import ids
+from protocols import infer_wire as wire
+from protocols import market_wire as mw
+from protocols.stream import FramedStream
+from tests.factory import connect_all, make_node_dirs, running_nodes
+
+PRICE = 10  # the default price per 1,000 tokens; a one-row ffn64 call is 2 tokens
+LIFETIME_S = 600.0
+MARGIN_S = 60.0
+
+
+class Clock:
+    """One wall clock for every node of a test, that the test can move forward."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+@asynccontextmanager
+async def market_swarm(
+    tmp_path: Path, clock: Clock, *, paid: bool = True
+) -> AsyncIterator[list[Node]]:
+    """provider (ffn64), client, and a third validator; Ed25519 keeps the test quick."""
+    dirs = make_node_dirs(
+        tmp_path, 3, scheme=Scheme.ED25519, hosts=[["ffn64"], [], []], paid=[paid, False, False]
+    )
+    settings: dict[str, Any] = {"channel_lifetime_s": LIFETIME_S, "settle_margin_s": MARGIN_S}
+    async with running_nodes(dirs, wall_clock=clock, market=settings) as nodes:
+        await connect_all(nodes)
+        yield nodes
+
+
+def ffn_of(provider: Node) -> str:
+    return next(iter(provider.experts.host.experts))
+
+
+async def totals(node: Node) -> dict[str, int]:
+    return {row["account"]: row["balance"] for row in await node.dag.balances()}
+
+
+async def wait_unlocked(nodes: list[Node], channel: bytes) -> None:
+    for node in nodes:
+
+        async def empty(n: Node = node) -> bool:
+            return await n.dag.locked(channel) == 0
+
+        await node.dag.wait_for(empty)
+
+
+async def test_paid_calls_settle_on_the_dag_with_the_same_balances_everywhere(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    with trio.fail_after(90):
+        async with market_swarm(tmp_path, clock) as nodes:
+            provider, client, _ = nodes
+            before = await totals(provider)
+            ffn = ffn_of(provider)
+            rows = np.ones((1, 64), np.float32)
+            infer = client.experts.inference
+            first = await infer.tensor(ffn, rows, deadline_s=30, remote_only=True)
+            assert first.provider == provider.peer_id and first.cost_milli == 2 * PRICE
+
+            async def call() -> None:
+                answer = await infer.tensor(ffn, rows, deadline_s=30, remote_only=True)
+                assert answer.cost_milli == 2 * PRICE
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(24):
+                    nursery.start_soon(call)
+
+            (channel,) = client.market.store.channels(role="client")
+            assert channel.state == "open" and channel.charged_milli == 25 * 2 * PRICE
+            served = provider.market.till.state(channel.id)
+            assert served is not None and served.charged_milli == 25 * 2 * PRICE
+            assert len(client.market.store.receipts("client")) == 25
+            assert len(provider.market.store.receipts("provider")) == 25
+            used = client.market.store.usage()
+            assert [(u["kind"], u["calls"], u["credits"]) for u in used] == [("used", 25, 0.5)]
+            assert await provider.dag.locked(channel.id) == channel.deposit
+
+            (settled,) = await provider.market.settle()
+            assert settled["amount"] == 1  # 0.5 credits, rounded up once at settlement
+            await wait_unlocked(nodes, channel.id)
+            expected = dict(before)
+            expected[provider.keys.account.account_id.hex()] += 1
+            expected[client.keys.account.account_id.hex()] -= 1
+            for node in nodes:
+                await node.dag.wait_for(lambda n=node: _balances_are(n, expected))
+                assert sum(expected.values()) == node.genesis.supply
+
+            # The settled channel is no longer served: the next call opens a new one.
+            again = await infer.tensor(ffn, rows, deadline_s=30, remote_only=True)
+            assert again.cost_milli == 2 * PRICE
+            for node in (client, provider):
+                await node.market.keep()
+                ended = node.market.store.channel(channel.id)
+                assert ended is not None and ended.state == "ended"
+            (fresh,) = client.market.store.channels(role="client", state="open")
+            assert fresh.id != channel.id and fresh.charged_milli == 2 * PRICE
+
+
+async def _balances_are(node: Node, expected: dict[str, int]) -> bool:
+    return await totals(node) == expected
+
+
+async def test_provider_settles_before_expiry_and_client_closes_an_unused_channel(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    with trio.fail_after(90):
+        async with market_swarm(tmp_path, clock) as nodes:
+            provider, client, _ = nodes
+            before = await totals(client)
+            ffn = ffn_of(provider)
+            rows = np.ones((3, 64), np.float32)
+            answer = await client.experts.inference.tensor(ffn, rows, deadline_s=30)
+            assert answer.cost_milli == 6 * PRICE
+            (used,) = client.market.store.channels(role="client")
+
+            # A second channel with no call on it: opened, registered, never charged.
+            request = wire.TensorRequest.of(1, ffn, 1000, rows)
+            client.market.purse.ended(used.id, "open")  # set the first aside, still open
+            ticket = await client.market.prepare(provider.peer_id, request, PRICE)
+            assert ticket is not None
+            client.market.unpaid(ticket, RuntimeError("not called"))
+            idle = ticket.channel
+            assert idle.id != used.id and provider.market.till.state(idle.id) is not None
+
+            # Closing before the expiry is refused by the client's own wallet.
+            with pytest.raises(SwarmError, match="expir|before"):
+                await client.dag.send("channel_close", close_payload(idle.terms))
+
+            # Near the expiry the provider settles the charged channel on its own; past
+            # it the client takes the unused deposit back.
+            clock.offset += LIFETIME_S - MARGIN_S / 2
+            await wait_unlocked(nodes, used.id)
+            clock.offset += MARGIN_S
+            await wait_unlocked(nodes, idle.id)
+            expected = dict(before)
+            expected[client.keys.account.account_id.hex()] -= 1  # 0.06 credits, rounded up
+            for node in nodes:
+                await node.dag.wait_for(
+                    lambda n=node: _balance_of(n, client.keys.account.account_id, expected)
+                )
+                rows_now = await totals(node)
+                assert sum(rows_now.values()) == node.genesis.supply
+
+
+async def _balance_of(node: Node, account: bytes, expected: dict[str, int]) -> bool:
+    return (await totals(node))[account.hex()] == expected[account.hex()]
+
+
+async def test_a_free_provider_is_called_without_a_channel(tmp_path: Path) -> None:
+    clock = Clock()
+    with trio.fail_after(60):
+        async with market_swarm(tmp_path, clock, paid=False) as nodes:
+            provider, client, _ = nodes
+            rows = np.ones((1, 64), np.float32)
+            answer = await client.experts.inference.tensor(ffn_of(provider), rows, deadline_s=30)
+            assert answer.provider == provider.peer_id and answer.cost_milli == 0
+            assert client.market.store.channels() == []
+            assert provider.experts.offers()[0].price_per_1k == 0
+
+
+async def test_bad_market_requests_are_refused_and_change_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(market_module, "REGISTER_WAIT_S", 0.5)
+    clock = Clock()
+    with trio.fail_after(60):
+        async with market_swarm(tmp_path, clock) as nodes:
+            provider, client, third = nodes
+
+            async def ask(body: dict[str, Any] | bytes) -> dict[str, Any] | None:
+                stream = await client.p2p.open_stream(provider.peer_id, ids.MARKET)
+                framed = FramedStream(stream, mw.MAX_FRAME)
+                if isinstance(body, bytes):
+                    await stream.send_all(body)
+                else:
+                    await framed.send(body)
+                try:
+                    return await framed.receive()
+                finally:
+                    await stream.aclose()
+
+            quote = await ask(mw.quote_request())
+            assert quote is not None and quote["paid"] is True
+            assert quote["prices"] == {ffn_of(provider): PRICE}
+            garbage = await ask(b"\x00\x00\x00\x03abc")
+            assert garbage is not None and "not valid msgpack" in garbage["reason"]
+            unknown = await ask({"t": "sell", "v": 1})
+            assert unknown is not None and "unknown market request" in unknown["reason"]
+            not_tx = await ask(mw.channel_request(b"\x93\x01\x02\x03"))
+            assert not_tx is not None and not_tx["t"] == "error"
+
+            def open_tx(to: Node, nonce: int) -> bytes:
+                key = client.dag.key  # Ed25519 here: it may also serve as the IOU key
+                payload = open_payload(
+                    to.keys.account.account_id, 10, int(clock() * 1000) + 3_600_000, key.public_key
+                )
+                return Transaction.create(
+                    key,
+                    chain=client.dag.engine.chain,
+                    nonce=nonce,
+                    kind="channel_open",
+                    payload=payload,
+                    registry=default_registry(),
+                ).to_bytes()
+
+            # A real, signed open that the DAG never saw: no deposit, refused.
+            refused = await ask(mw.channel_request(open_tx(provider, 99)))
+            assert refused is not None and "no deposit" in refused["reason"]
+            # An open that pays someone else is refused at once.
+            other = open_tx(third, 98)
+            wrong = await ask(mw.channel_request(other))
+            assert wrong is not None and "another provider" in wrong["reason"]
+            assert provider.market.store.channels() == []
+            assert provider.market.till.channels() == []
