@@ -118,11 +118,11 @@ class ChannelTerms:
         key = PublicKey(Scheme(scheme), raw)
         return cls(tx.account, tx.nonce, provider, deposit, expiry_ms, key)
 
-    def check_iou(self, chain: bytes, iou: Iou) -> None:
+    def check_iou(self, chain: bytes, iou: Iou, known_id: bytes | None = None) -> None:
         """Raise `RemoteProtocolError` unless `iou` is for this channel, within the deposit
         and signed by its IOU key: what a provider checks before it answers, and the ledger
-        before it settles."""
-        if iou.channel_id != channel_id(chain, self):
+        before it settles. `known_id` is this channel's id when the caller has it already."""
+        if iou.channel_id != (known_id or channel_id(chain, self)):
             raise InvalidTransaction("IOU is for another channel")
         if iou.cumulative > self.deposit:
             raise InvalidTransaction(

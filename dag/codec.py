@@ -36,14 +36,24 @@ def encode(value: Encodable) -> bytes:
     return packed
 
 
+_LEAVES = (int, bytes, str)
+
+
 def _check_types(value: object) -> None:
     # msgpack would pack a float, a bool or a dict without complaint; none is canonical here.
+    # Exact types first (the common case, and cheap); subclasses such as an IntEnum take
+    # the isinstance path. `type(True) is bool`, so a bool never passes as an int.
     stack = [value]
     while stack:
         item = stack.pop()
-        if isinstance(item, list | tuple):
+        kind = type(item)
+        if kind is list or kind is tuple:
+            stack.extend(item)  # type: ignore[arg-type]
+        elif kind is int or kind is bytes or kind is str:
+            continue
+        elif isinstance(item, list | tuple):
             stack.extend(item)
-        elif isinstance(item, bool) or not isinstance(item, int | bytes | str):
+        elif isinstance(item, bool) or not isinstance(item, _LEAVES):
             raise TypeError(f"type {type(item).__name__} has no canonical encoding")
 
 
