@@ -45,6 +45,7 @@ KEEP_EVERY_S = 1.0  # how often the keeper looks for channels to settle, close o
 APPLY_TIMEOUT_S = 30.0  # a channel open not applied in this long is given up (for this call)
 REGISTER_WAIT_S = 10.0  # how long a provider waits for its ledger to apply a channel's open
 ASK_TIMEOUT_S = 10.0
+CHECK_WINDOW_S = 0.05  # how long answered receipts gather before one check and commit
 QUOTE_SLACK_MS = 1_000  # ask again this long before a quote lapses
 _LOST = ("failed", "rejected")  # a channel end that did not happen: try again
 
@@ -101,7 +102,7 @@ class Market:
         self.account = dag.key.account_id
         self._quotes: dict[str, _Quoted] = {}
         self._opening: dict[bytes, _Opening] = {}  # by provider account
-        self._kick = trio.Event()
+        self._unchecked = trio.Event()
         self._nursery: trio.Nursery | None = None
 
     def _now_ms(self) -> int:
@@ -112,11 +113,15 @@ class Market:
             await market_peer.serve(stream, self)
 
         self.p2p.set_handler(ids.MARKET, serve)
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self._keeper)
-            task_status.started(self)
-            await trio.sleep_forever()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._keeper)
+                nursery.start_soon(self._checker)
+                task_status.started(self)
+                await trio.sleep_forever()
+        finally:
+            self.check_receipts()  # a clean stop keeps the receipts of the last answers
 
     # -- provider: the desk ---------------------------------------------------------------
 
@@ -202,6 +207,9 @@ class Market:
         if account is None:
             raise ChannelFailed(f"no account is known for provider {provider[-8:]}")
         channel = self.purse.channel(account)
+        if channel is not None and not channel.synced:
+            await self._resync(provider, channel)
+            channel = self.purse.channel(account)
         if channel is not None and self._usable(channel.terms):
             ticket = self.purse.reserve(channel, provider, request, price)
             if ticket is not None:
@@ -251,10 +259,24 @@ class Market:
 
     def paid(self, ticket: object, result: wire.TextResult | wire.ArrayResult) -> int:
         assert isinstance(ticket, PayTicket)
-        done = self.purse.record(ticket, result)
-        if done.disputed:
-            log.warning("provider %s overclaims: %s", ticket.provider[-8:], done.disputed)
-        return done.cost_milli
+        cost = self.purse.record(ticket, result)
+        self._unchecked.set()  # the receipt is checked and kept off the call's path
+        return cost
+
+    async def _checker(self) -> None:
+        """Check and keep receipts in batches, after the answers have gone to the callers."""
+        while True:
+            await self._unchecked.wait()
+            # A deliberate delay: the receipts of many answers share one transaction, and
+            # their checks run while calls wait on the network, not while they are handled.
+            await trio.sleep(CHECK_WINDOW_S)
+            self._unchecked = trio.Event()
+            self.check_receipts()
+
+    def check_receipts(self) -> None:
+        for done in self.purse.check():
+            if done.disputed:
+                log.warning("receipt %s disputed: %s", done.receipt.seq, done.disputed)
 
     def unpaid(self, ticket: object, error: BaseException) -> None:
         assert isinstance(ticket, PayTicket)
@@ -264,6 +286,21 @@ class Market:
             # lost or refused it): the next call opens another; the keeper ends this one.
             log.info("provider %s refused channel: %s", ticket.provider[-8:], error)
             self.purse.ended(ticket.channel.id)
+
+    async def _resync(self, provider: str, channel: ClientChannel) -> None:
+        """A channel kept from before a restart: take the provider's counts before using it
+        (or set it aside if the provider no longer serves it)."""
+        try:
+            with trio.fail_after(ASK_TIMEOUT_S):
+                state = await market_peer.ask(
+                    self.p2p.open_stream, provider, mw.channel_request(channel.row.open_tx)
+                )
+        except SwarmError as exc:
+            log.info("channel %s set aside: %s", channel.id.hex()[:12], exc)
+            self.purse.ended(channel.id)
+            return
+        if isinstance(state, mw.ChannelState):
+            self.purse.resume(channel, state)
 
     def _usable(self, terms: ChannelTerms) -> bool:
         return self._now_ms() < terms.expiry_ms - 2 * int(self.config.settle_margin_s * 1000)
@@ -309,6 +346,8 @@ class Market:
         tx = await self.dag.send("channel_open", payload, keep=keep)
         row = rows[0]
         outcome = await self.dag.wait_decided(tx.id, APPLY_TIMEOUT_S)
+        if outcome == "unknown":  # decided before we began to wait: the store knows
+            outcome = await self.dag.tx_status(tx.id)
         if outcome != "applied":
             # Still pending: the keeper ends the row once it applies and expires.
             raise ChannelFailed(f"the channel open is {outcome}, not applied")
@@ -357,9 +396,7 @@ class Market:
             self.till.take(channel.row.id)
             self.store.set_state(channel.row.id, "ending")
         now = self._now_ms()
-        for row in self.store.channels():
-            if row.state == "ended":
-                continue
+        for row in self.store.channels(active=True):
             locked = await self.dag.locked(row.id)
             if row.role == "provider":
                 if row.state == "ending" and locked == 0:
@@ -403,12 +440,13 @@ class Market:
         return {
             "serve_paid": self.config.serve_paid,
             "ours": ours.prices,
-            "floor_to_ceiling": self.config.price_ceiling,
+            "ceiling": self.config.price_ceiling,
             "quotes": [
                 {
                     "provider": p,
                     "paid": q.quote.paid,
                     "prices": q.quote.prices,
+                    "ceiling": q.quote.ceiling,
                     "valid_ms": max(0, q.until_ms - now),
                 }
                 for p, q in self._quotes.items()

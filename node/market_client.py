@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from dag.channels import ChannelTerms, Iou, channel_id
 from dag.crypto import Scheme, SigningKey
-from dag.errors import RemoteProtocolError
+from dag.errors import RemoteProtocolError, SwarmError
 from experts.tokens import count_tokens
 from node.market_store import ChannelRow, MarketStore
 from protocols import infer_wire as wire
@@ -32,6 +32,7 @@ class ClientChannel:
     owed_milli: int  # what we count we owe: the sum of our own count of every answer
     seq: int
     reserved_milli: int = 0
+    synced: bool = False  # our counts agree with the provider's (see `resume`)
 
     @property
     def id(self) -> bytes:
@@ -67,6 +68,10 @@ class Purse:
         self.chain = chain
         self._host_key_of = host_key_of
         self._open: dict[bytes, ClientChannel] = {}  # by provider account
+        # Answers counted and paid, whose receipts `check` has still to check and keep.
+        self._unchecked: list[
+            tuple[PayTicket, wire.TextResult | wire.ArrayResult, mw.Receipt, int, int, int]
+        ] = []
         for row in store.channels(role="client", state="open"):
             self.adopt(row)
 
@@ -84,8 +89,12 @@ class Purse:
         return self._open.get(provider_account)
 
     def resume(self, channel: ClientChannel, state: mw.ChannelState) -> None:
-        """Take the provider's count of seq (ours may be behind after a restart)."""
+        """Take the provider's counts where ours are behind (after a restart, the answers
+        of our last moments may not have been kept): its seq, and what it charged, which
+        never exceeds the IOUs we signed."""
         channel.seq = max(channel.seq, state.seq)
+        channel.owed_milli = max(channel.owed_milli, state.charged_milli)
+        channel.synced = True
 
     def ended(self, channel_id: bytes, state: str = "ending") -> None:
         """Use the channel no more (the provider refused it, or it is being closed)."""
@@ -115,42 +124,64 @@ class Purse:
     def release(self, ticket: PayTicket) -> None:
         ticket.channel.reserved_milli -= ticket.max_cost_milli
 
-    def record(self, ticket: PayTicket, result: wire.TextResult | wire.ArrayResult) -> Paid:
-        """Check and keep the receipt of an answer; `RemoteProtocolError` if it is not one
-        (unsigned, forged, or for another call). The reservation is released either way."""
+    def record(self, ticket: PayTicket, result: wire.TextResult | wire.ArrayResult) -> int:
+        """Count an answer's cost by our own count (what we pay, whatever the receipt says)
+        and queue its receipt for `check`; raise `RemoteProtocolError` if the answer has no
+        well-formed receipt. The reservation is released either way."""
         channel = ticket.channel
         channel.reserved_milli -= ticket.max_cost_milli
         if result.receipt is None:
             raise RemoteProtocolError("a paid answer came without a receipt", peer=ticket.provider)
         receipt = mw.Receipt.from_wire(result.receipt)
-        host_key = self._host_key_of(ticket.provider)
-        if host_key is None:
-            raise RemoteProtocolError("no host key for the provider", peer=ticket.provider)
-        receipt.verify(host_key)
-        if receipt.channel_id != channel.id or receipt.expert != ticket.request.expert:
-            raise RemoteProtocolError("receipt for another channel or expert")
-        if receipt.request_hash != mw.request_digest(ticket.request):
-            raise RemoteProtocolError("receipt names another request", peer=ticket.provider)
-        if receipt.output_hash != mw.output_digest(result):
-            raise RemoteProtocolError("receipt names another answer", peer=ticket.provider)
         tokens = _our_count(ticket.request, result)
         ours = mw.cost_milli(tokens, min(ticket.price, receipt.price_per_1k))
-        disputed = ""
+        channel.owed_milli += ours
+        self._unchecked.append((ticket, result, receipt, tokens, ours, channel.owed_milli))
+        return ours
+
+    def check(self) -> list[Paid]:
+        """Check the queued receipts (signature by the provider's host key, the request and
+        answer they name, the tokens) and keep them, in one transaction. A receipt that
+        claims more than we counted, or is not the provider's, is kept marked disputed; we
+        paid by our own count either way. Off the call's path: the market runs it after
+        the answers are out."""
+        batch, self._unchecked = self._unchecked, []
+        done, rows = [], []
+        for ticket, result, receipt, tokens, ours, owed in batch:
+            disputed = self._dispute(ticket, result, receipt, tokens, ours)
+            done.append(Paid(ours, receipt, disputed))
+            rows.append((ticket.provider, ticket.channel.terms.provider, receipt, owed, disputed))
+        if rows:
+            self.store.record_many(rows)
+        return done
+
+    def _dispute(
+        self,
+        ticket: PayTicket,
+        result: wire.TextResult | wire.ArrayResult,
+        receipt: mw.Receipt,
+        tokens: int,
+        ours: int,
+    ) -> str:
+        host_key = self._host_key_of(ticket.provider)
+        try:
+            if host_key is None:
+                raise RemoteProtocolError("no host key for the provider")
+            receipt.verify(host_key)
+        except SwarmError as exc:
+            return f"not the provider's receipt: {exc}"
+        if receipt.channel_id != ticket.channel.id or receipt.expert != ticket.request.expert:
+            return "receipt for another channel or expert"
+        if receipt.request_hash != mw.request_digest(ticket.request):
+            return "receipt names another request"
+        if receipt.output_hash != mw.output_digest(result):
+            return "receipt names another answer"
         if receipt.cost_milli > ours or receipt.tokens_in + receipt.tokens_out > tokens:
-            disputed = (
+            return (
                 f"receipt claims {receipt.cost_milli / 1000:.3f} credits "
                 f"({receipt.tokens_in}+{receipt.tokens_out} tokens), we count {ours / 1000:.3f}"
             )
-        channel.owed_milli += ours
-        self.store.record(
-            "client",
-            ticket.provider,
-            channel.terms.provider,
-            receipt,
-            charged_milli=channel.owed_milli,
-            disputed=disputed,
-        )
-        return Paid(ours, receipt, disputed)
+        return ""
 
 
 def _our_count(request: wire.Request, result: wire.TextResult | wire.ArrayResult) -> int:

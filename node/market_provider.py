@@ -101,7 +101,7 @@ class Till:
         for channel in self._open.values():
             if client is not None and channel.terms.client == client:
                 channel.quotes.update({e: (p, until) for e, p in prices.items()})
-        return mw.Quote(self.policy.serve_paid, prices, valid_ms)
+        return mw.Quote(self.policy.serve_paid, prices, valid_ms, self.policy.price_ceiling)
 
     def register(self, peer: str, row: ChannelRow, terms: ChannelTerms) -> _Open:
         """Serve a channel the DAG has accepted for us (the caller checked its lock)."""
@@ -184,7 +184,7 @@ class Till:
         if self._now_ms() >= terms.expiry_ms - self._margin_ms:
             raise ChannelRefused("the channel is about to expire: open another")
         try:
-            terms.check_iou(self.chain, iou)
+            terms.check_iou(self.chain, iou, channel.row.id)
         except RemoteProtocolError as exc:
             raise PaymentRefused(f"bad IOU: {exc}") from None
         max_tokens = mw.max_tokens(request)

@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS receipts (
     counterpart BLOB NOT NULL, expert TEXT NOT NULL, tokens_in INTEGER NOT NULL,
     tokens_out INTEGER NOT NULL, price INTEGER NOT NULL, cost_milli INTEGER NOT NULL,
     charged_milli INTEGER NOT NULL, body BLOB NOT NULL, at_ms INTEGER NOT NULL,
-    disputed TEXT NOT NULL DEFAULT '', PRIMARY KEY (channel, seq));
+    disputed TEXT NOT NULL DEFAULT '', iou BLOB, PRIMARY KEY (channel, seq));
 CREATE INDEX IF NOT EXISTS receipts_day ON receipts (at_ms);
 """
 
@@ -80,6 +80,20 @@ class ChannelRow:
 
 _COLUMNS = "id, role, peer, counterpart, open_tx, deposit, expiry_ms, charged_milli, seq, iou, "
 _COLUMNS += "iou_key, state, end_tx"
+# A provider writes one receipts row per answer, IOU included (one statement, one commit, on
+# the call's path); its channel's total, last seq and newest IOU are read from them.
+_SELECT = """
+SELECT id, role, peer, counterpart, open_tx, deposit, expiry_ms,
+  CASE WHEN role = 'provider' THEN MAX(charged_milli, COALESCE(
+    (SELECT MAX(r.charged_milli) FROM receipts r WHERE r.channel = c.id), 0))
+    ELSE charged_milli END,
+  CASE WHEN role = 'provider' THEN MAX(seq, COALESCE(
+    (SELECT MAX(r.seq) FROM receipts r WHERE r.channel = c.id), 0))
+    ELSE seq END,
+  CASE WHEN role = 'provider' THEN COALESCE((SELECT r.iou FROM receipts r
+    WHERE r.channel = c.id AND r.iou IS NOT NULL ORDER BY r.seq DESC LIMIT 1), iou)
+    ELSE iou END,
+  iou_key, state, end_tx FROM channels c"""
 
 
 def _row(r: tuple[Any, ...]) -> ChannelRow:
@@ -151,8 +165,11 @@ class MarketStore:
             ),
         )
 
-    def channels(self, role: str | None = None, state: str | None = None) -> list[ChannelRow]:
-        sql = f"SELECT {_COLUMNS} FROM channels WHERE 1 = 1"
+    def channels(
+        self, role: str | None = None, state: str | None = None, *, active: bool = False
+    ) -> list[ChannelRow]:
+        """Channels, oldest change first; `active`: those not ended."""
+        sql = f"{_SELECT} WHERE 1 = 1" + (" AND state != 'ended'" if active else "")
         args: list[Any] = []
         if role is not None:
             sql += " AND role = ?"
@@ -163,9 +180,7 @@ class MarketStore:
         return [_row(r) for r in self._conn.execute(sql + " ORDER BY updated_ms", args)]
 
     def channel(self, channel_id: bytes) -> ChannelRow | None:
-        r = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM channels WHERE id = ?", (channel_id,)
-        ).fetchone()
+        r = self._conn.execute(f"{_SELECT} WHERE id = ?", (channel_id,)).fetchone()
         return None if r is None else _row(r)
 
     def set_state(self, channel_id: bytes, state: str, end_tx: bytes | None = None) -> None:
@@ -188,44 +203,34 @@ class MarketStore:
         iou: bytes | None = None,
         disputed: str = "",
     ) -> None:
-        """One answered call, in one transaction: the signed receipt (kept whole, as evidence),
-        and the channel's new total (and, provider side, the IOU that pays for it when it is
-        the newest)."""
+        """One answered call: the signed receipt (kept whole, as evidence) and the channel's
+        new total. A provider's row also holds the IOU that pays for it, in one statement:
+        on disk before the answer goes out. A client's rows go in batches (`record_many`)."""
+        if role == "provider":
+            self._conn.execute(
+                "INSERT OR REPLACE INTO receipts VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _receipt_row(role, peer, counterpart, receipt, disputed, iou),
+            )
+        else:
+            self.record_many([(peer, counterpart, receipt, charged_milli, disputed)])
+
+    def record_many(self, items: list[tuple[str, bytes, Any, int, str]]) -> None:
+        """A client's checked receipts, (peer, counterpart, receipt, our total, dispute), in
+        one transaction, each with its channel's new total by our own count."""
         c = self._conn
         c.execute("BEGIN IMMEDIATE")
         try:
-            c.execute(
-                "INSERT OR REPLACE INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    receipt.channel_id,
-                    receipt.seq,
-                    role,
-                    peer,
-                    counterpart,
-                    receipt.expert,
-                    receipt.tokens_in,
-                    receipt.tokens_out,
-                    receipt.price_per_1k,
-                    receipt.cost_milli,
-                    receipt.charged_milli,
-                    encode(receipt.to_wire()),
-                    _now_ms(),
-                    disputed,
-                ),
+            c.executemany(
+                "INSERT OR REPLACE INTO receipts VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [_receipt_row("client", p, cp, r, d, None) for p, cp, r, _, d in items],
             )
-            if iou is not None:
-                c.execute(
-                    "UPDATE channels SET charged_milli = ?, "
-                    "iou = CASE WHEN seq < ? THEN ? ELSE iou END, seq = MAX(seq, ?), "
-                    "updated_ms = ? WHERE id = ?",
-                    (charged_milli, receipt.seq, iou, receipt.seq, _now_ms(), receipt.channel_id),
-                )
-            else:
-                c.execute(
-                    "UPDATE channels SET charged_milli = ?, seq = MAX(seq, ?), updated_ms = ? "
-                    "WHERE id = ?",
-                    (charged_milli, receipt.seq, _now_ms(), receipt.channel_id),
-                )
+            c.executemany(
+                "UPDATE channels SET charged_milli = MAX(charged_milli, ?), seq = MAX(seq, ?), "
+                "updated_ms = ? WHERE id = ?",
+                [(total, r.seq, _now_ms(), r.channel_id) for _, _, r, total, _ in items],
+            )
             c.execute("COMMIT")
         except BaseException:
             if c.in_transaction:
@@ -316,6 +321,28 @@ class MarketStore:
             }
             for peer, account, calls, tokens, cost, disputed in rows
         ]
+
+
+def _receipt_row(
+    role: str, peer: str, counterpart: bytes, receipt: Any, disputed: str, iou: bytes | None
+) -> tuple[Any, ...]:
+    return (
+        receipt.channel_id,
+        receipt.seq,
+        role,
+        peer,
+        counterpart,
+        receipt.expert,
+        receipt.tokens_in,
+        receipt.tokens_out,
+        receipt.price_per_1k,
+        receipt.cost_milli,
+        receipt.charged_milli,
+        encode(receipt.to_wire()),
+        _now_ms(),
+        disputed,
+        iou,
+    )
 
 
 def _now_ms() -> int:

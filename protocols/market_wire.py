@@ -15,13 +15,15 @@ where an ML-DSA-65 account signature would cost about a millisecond each.
 `/swarm/market/1.0.0` is one request and one reply per stream:
 
     {"t": "quote?"}                     -> {"t": "quote", "paid": bool, "prices": {expert: n},
-                                             "valid_ms": n}
+                                             "ceiling": n, "valid_ms": n}
     {"t": "channel", "open": tx bytes}  -> {"t": "channel", "charged": n, "seq": n,
                                              "iou": bytes | nil, "paid": ..., "prices": ...,
                                              "valid_ms": n}
     any                                 -> {"t": "error", "reason": str}
 
-`paid` says whether the provider serves for pay at all: a free one needs no channel.
+`paid` says whether the provider serves for pay at all: a free one needs no channel. The
+announced price of an expert is its floor; the price follows the provider's queue from there
+up to `ceiling` (equal to the floor or 0: the price is fixed), and a quote holds it.
 
 `channel` tells a provider about a channel the DAG has accepted for it (the `channel_open`
 transaction itself); the reply gives the provider's state of that channel, so a client that
@@ -168,12 +170,18 @@ class Quote:
     paid: bool
     prices: dict[str, int]
     valid_ms: int
+    ceiling: int = 0
 
     def encode(self) -> dict[str, Any]:
         return {"t": "quote", "v": VERSION, **self._fields()}
 
     def _fields(self) -> dict[str, Any]:
-        return {"paid": self.paid, "prices": self.prices, "valid_ms": self.valid_ms}
+        return {
+            "paid": self.paid,
+            "prices": self.prices,
+            "ceiling": self.ceiling,
+            "valid_ms": self.valid_ms,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +240,10 @@ def _quote(body: dict[str, Any], peer: str) -> Quote:
     valid_ms = field(body, "valid_ms", int, peer=peer)
     if not 0 <= valid_ms <= 3_600_000:
         raise RemoteProtocolError("quote: valid_ms must be 0..3600000", peer=peer)
-    return Quote(paid, dict(prices), valid_ms)
+    ceiling = field(body, "ceiling", int, peer=peer)
+    if not 0 <= ceiling <= 10**9:
+        raise RemoteProtocolError("quote: ceiling must be 0..1e9", peer=peer)
+    return Quote(paid, dict(prices), valid_ms, ceiling)
 
 
 def decode_reply(body: dict[str, Any], *, peer: str) -> Quote | ChannelState:

@@ -121,7 +121,9 @@ async def _paid_call(market: Market, channel: InferChannel, i: int, rows: int = 
     except BaseException:
         market.purse.release(ticket)
         raise
-    return market.purse.record(ticket, result)
+    market.purse.record(ticket, result)
+    (paid,) = market.purse.check()
+    return paid
 
 
 def _settle_and_apply(market: Market, iou: bytes, charged_milli: int) -> Ledger:
@@ -255,14 +257,16 @@ async def test_a_receipt_claiming_more_tokens_is_disputed_and_not_paid(tmp_path:
     assert receipts[0]["disputed"] and market.channel.owed_milli == 4 * PRICE
 
 
-async def test_a_forged_receipt_is_refused(tmp_path: Path) -> None:
+async def test_a_receipt_not_signed_by_the_provider_is_kept_disputed(tmp_path: Path) -> None:
     market = Market(tmp_path)
     market.purse._host_key_of = lambda peer: SigningKey(Scheme.ED25519, b"\x08" * 32).public_key.raw
     host = ExpertHost([FFN], gate=market.till)
     with trio.fail_after(10):
         async with serving(host) as channel:
-            with pytest.raises(Exception, match="signature"):
-                await _paid_call(market, channel, 1)
+            paid = await _paid_call(market, channel, 1)
+    assert "not the provider's receipt" in paid.disputed and "signature" in paid.disputed
+    (kept,) = market.purse.store.receipts("client")
+    assert kept["disputed"] == paid.disputed
 
 
 async def test_a_provider_restarted_after_answering_settles_with_the_stored_iou(
@@ -284,3 +288,64 @@ async def test_a_provider_restarted_after_answering_settles_with_the_stored_iou(
     assert row is not None and row.iou is not None
     ledger = _settle_and_apply(market, row.iou, row.charged_milli)
     assert ledger.balance(PROVIDER.account_id) == 1  # 0.06 credits, rounded up once
+
+
+async def test_a_client_restarted_before_keeping_receipts_resumes_from_the_provider(
+    tmp_path: Path,
+) -> None:
+    market = Market(tmp_path)
+    market.purse.store.put_channel(market.channel.row)
+    host = ExpertHost([FFN], gate=market.till)
+    with trio.fail_after(10):
+        async with serving(host) as channel:
+            for i in range(3):  # answered and counted; the receipts never checked nor kept
+                request = _request(i)
+                ticket = market.purse.reserve(market.channel, "provider", request, PRICE)
+                assert ticket is not None
+                result = await channel.call(request, pay=lambda t=ticket: market.purse.sign(t))
+                market.purse.record(ticket, result)
+            market.purse.store.close()  # a kill -9 of the client
+            purse = Purse(
+                MarketStore.open(tmp_path / "client.sqlite"),
+                CHAIN,
+                lambda peer: HOST.public_key.raw,
+            )
+            again = purse.channel(PROVIDER.account_id)
+            assert again is not None and again.owed_milli == 0 and not again.synced
+            stale = purse.reserve(again, "provider", _request(7), PRICE)
+            assert stale is not None
+            with pytest.raises(CallFailed, match="replayed"):
+                await channel.call(_request(7), pay=lambda: purse.sign(stale))
+            purse.release(stale)
+            served = market.till.state(market.id)
+            assert served is not None
+            quote = mw.Quote(True, {}, 0)
+            purse.resume(again, mw.ChannelState(served.charged_milli, served.seq, None, quote))
+            assert again.owed_milli == 3 * 2 * PRICE and again.synced
+            ticket = purse.reserve(again, "provider", _request(8), PRICE)
+            assert ticket is not None
+            result = await channel.call(_request(8), pay=lambda: purse.sign(ticket))
+            assert purse.record(ticket, result) == 2 * PRICE
+            (paid,) = purse.check()
+            assert not paid.disputed and paid.receipt.charged_milli == 4 * 2 * PRICE
+
+
+def test_the_price_follows_the_queue_within_published_bounds_and_a_quote_holds(
+    tmp_path: Path,
+) -> None:
+    market = Market(tmp_path, price_ceiling=30)
+    depth = {"now": 0}
+    till = market.till
+    till._depth = lambda expert: depth["now"]
+    assert till.price(FFN.expert_id) == PRICE  # an idle provider asks its floor
+    quote = till.quote([FFN.expert_id], CLIENT.account_id)
+    assert quote.prices == {FFN.expert_id: PRICE} and quote.ceiling == 30 and quote.paid
+    depth["now"] = 128  # half of the queue cap
+    assert till.price(FFN.expert_id) == 20
+    depth["now"] = 10_000
+    assert till.price(FFN.expert_id) == 30  # never above the ceiling
+    # The quote holds for the client that asked: its calls are charged the quoted price.
+    request = replace(_request(1), pay=_iou(market, 1, 1))
+    ticket = till.admit("caller", request)
+    assert isinstance(ticket, Ticket) and ticket.price == PRICE
+    assert till.price("ab" * 32) is None
