@@ -88,7 +88,7 @@ async def two_processes(calls: int, concurrency: int) -> dict[str, float]:
     """The same calls with the provider a daemon in its own process (its own core)."""
     with tempfile.TemporaryDirectory() as tmp:
         mesh = Path(tmp) / "mesh"
-        cli("mesh", "--nodes", "1", "--dir", str(mesh), "--detach")
+        cli("mesh", "--nodes", "1", "--dir", str(mesh), "--detach", "--free")
         try:
             provider = json.loads((mesh / "mesh.json").read_text())["nodes"][0]
             genesis = load_genesis(mesh / "genesis.json")
@@ -168,7 +168,17 @@ def listed_everywhere(clients: list[Client], peer: str, present: bool) -> bool:
 def mesh_announce_evict(nodes: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         mesh = Path(tmp) / "mesh"
-        cli("mesh", "--nodes", str(nodes), "--dir", str(mesh), "--detach", "--scheme", "ed25519")
+        cli(
+            "mesh",
+            "--nodes",
+            str(nodes),
+            "--dir",
+            str(mesh),
+            "--detach",
+            "--scheme",
+            "ed25519",
+            "--free",
+        )
         try:
             members = json.loads((mesh / "mesh.json").read_text())["nodes"]
             clients = [Client(Path(n["data_dir"])) for n in members]
