@@ -110,3 +110,34 @@ def install_atomic_noise_writes() -> None:
 
     write_msg.swarm_atomic = True  # type: ignore[attr-defined]
     BaseNoiseMsgReadWriter.write_msg = write_msg  # type: ignore[method-assign]
+
+
+def install_batched_yamux_window_updates() -> None:
+    """Let Yamux return receive window in batches, as go-yamux does, not after every read.
+
+    py-libp2p 0.8 answers nearly every read of a stream with a WINDOW_UPDATE (its
+    "release on read" and "partial slack" paths): one more encrypted frame, socket write and
+    wakeup on the other side per message, so a request and its answer cost three or four
+    frames instead of two. Here a stream sends an update only once the window it has used
+    reaches half its target, with the library's own grow and auto-tune steps (its go-yamux
+    path); a sender is never held up while it has half a window left. Installing twice is
+    harmless.
+    """
+    from libp2p.stream_muxer.yamux.yamux import YamuxStream
+
+    if getattr(YamuxStream._auto_tune_and_send_window_update, "swarm_batched", False):
+        return
+
+    async def release(self: Any, *, bytes_read: int = 0) -> None:
+        async with self.window_lock:
+            buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+            delta = self.target_recv_window - (self.recv_window + buffered)
+            if delta <= 0 or delta < self._grow_threshold():
+                return
+            increment = self._grow_to_delta(buffered) + self._apply_autotune_epoch(buffered)
+            self._pending_recv_release = 0
+        if increment > 0:
+            await self.send_window_update(increment, skip_lock=True)
+
+    release.swarm_batched = True  # type: ignore[attr-defined]
+    YamuxStream._auto_tune_and_send_window_update = release  # type: ignore[method-assign]

@@ -38,6 +38,7 @@ from protocols.hello import MAX_KNOWN, Hello, initiate_hello, serve_hello
 from protocols.libp2p_fixes import (
     guard_pubsub_streams,
     install_atomic_noise_writes,
+    install_batched_yamux_window_updates,
     install_signed_record_cache,
 )
 from protocols.peers import PeerEntry, PeerTable
@@ -167,6 +168,7 @@ class P2PService:
         # py-libp2p's auto-connector would otherwise redial every known peer every 30 s.
         connections = ConnectionConfig(min_connections=0, low_watermark=0)
         install_atomic_noise_writes()
+        install_batched_yamux_window_updates()
         host = new_host(
             key_pair=self._key_pair,
             listen_addrs=listen,

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import trio
 from libp2p.security.noise.io import NoiseTransportReadWriter
+from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
+from dag.crypto import Scheme
 from protocols.libp2p_fixes import install_atomic_noise_writes
+from protocols.stream import Stream
+from tests.factory import swarm
 
 
 class Wire:
@@ -41,3 +48,41 @@ async def test_a_cancelled_noise_write_still_sends_what_it_encrypted() -> None:
     # the caller still sees its cancellation, and the peer gets every nonce in order
     assert scope.cancelled_caught
     assert wire.sent == [b"\x00first", b"\x01second"]
+
+
+async def test_yamux_returns_window_in_batches_and_large_messages_still_flow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    updates: list[int] = []
+    original = YamuxStream.send_window_update
+
+    async def counted(self: YamuxStream, increment: int, skip_lock: bool = False) -> None:
+        updates.append(increment)
+        await original(self, increment, skip_lock)
+
+    monkeypatch.setattr(YamuxStream, "send_window_update", counted)
+
+    async def echo(stream: Stream) -> None:
+        while data := await stream.receive_some():
+            await stream.send_all(data)
+
+    async def round_trip(stream: Stream, message: bytes) -> None:
+        got = b""
+        async with trio.open_nursery() as nursery:  # send while the echo comes back
+            nursery.start_soon(stream.send_all, message)
+            while len(got) < len(message):
+                got += await stream.receive_some()
+        assert got == message
+
+    with trio.fail_after(60):
+        async with swarm(tmp_path, 2, scheme=Scheme.ED25519) as (a, b):
+            a.p2p.set_handler("/swarm/test-echo/1.0.0", echo)
+            stream = await b.p2p.open_stream(a.peer_id, "/swarm/test-echo/1.0.0")
+            updates.clear()
+            for i in range(50):  # small request/answer pairs: no update per message
+                await round_trip(stream, b"%04d" % i * 100)
+            assert len(updates) <= 2
+            # Four windows' worth each way: updates keep it flowing, in half-window steps.
+            await round_trip(stream, bytes(range(256)) * 4096)
+            assert 4 <= len(updates) <= 64
+            await stream.aclose()
