@@ -97,8 +97,9 @@ def market_routes(node: Node, endpoint: Wrap) -> list[Route]:
             total["calls"] += row["calls"]
             total["tokens"] += row["tokens_in"] + row["tokens_out"]
             total["credits"] = round(total["credits"] + row["credits"], 3)
+        names = _account_names(node)
         for row in rows:
-            row["peer_name"] = _name_of_account(node, row["peer_account"])
+            row["peer_name"] = names.get(row["peer_account"], "")
         return {"days": days, "usage": rows, "totals": totals}
 
     async def settle(request: Request) -> Any:
@@ -119,11 +120,10 @@ def _name(node: Node, peer: str) -> str:
     return entry.name if entry else ""
 
 
-def _name_of_account(node: Node, account: str) -> str:
+def _account_names(node: Node) -> dict[str, str]:
+    """Account (hex) -> name: the genesis names, then what peers call themselves."""
+    names = {named.account.hex(): named.name for named in node.genesis.accounts}
     for entry in node.peers.snapshot():
-        if entry.get("account") == account:
-            return str(entry.get("name", ""))
-    for named in node.genesis.accounts:
-        if named.account.hex() == account:
-            return named.name
-    return ""
+        if entry.get("account") and entry.get("name"):
+            names[entry["account"]] = entry["name"]
+    return names

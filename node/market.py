@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import trio
@@ -27,7 +28,6 @@ import trio
 from dag.channels import ChannelTerms, Iou, channel_id, close_payload, open_payload, settle_payload
 from dag.crypto import Scheme, SigningKey
 from dag.errors import SwarmError
-from dag.kinds import default_registry
 from dag.tx import Transaction
 from node.config import MarketConfig
 from node.market_client import ClientChannel, PayTicket, Purse, new_channel_row
@@ -109,10 +109,7 @@ class Market:
         return int(self._wall() * 1000)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        async def serve(stream: Any) -> None:
-            await market_peer.serve(stream, self)
-
-        self.p2p.set_handler(ids.MARKET, serve)
+        self.p2p.set_handler(ids.MARKET, partial(market_peer.serve, desk=self))
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -132,7 +129,7 @@ class Market:
         """Serve a channel a client opened for us, once our own ledger holds its deposit."""
         if not self.config.serve_paid:
             raise MarketRefused("this node serves for free: no channel is needed")
-        tx = Transaction.from_bytes(open_tx, default_registry(), chain=self.chain)
+        tx = Transaction.from_bytes(open_tx, self.dag.engine.registry, chain=self.chain)
         terms = ChannelTerms.of_open(tx)
         if terms.provider != self.account:
             raise MarketRefused("the channel pays another provider")

@@ -225,14 +225,7 @@ class Till:
             channel.charged_milli,
         )
         signed = replace(receipt, signature=self._sign(receipt.message()))
-        self.store.record(
-            "provider",
-            channel.row.peer,
-            channel.terms.client,
-            signed,
-            charged_milli=channel.charged_milli,
-            iou=ticket.iou_bytes,
-        )
+        self.store.record_served(channel.row.peer, channel.terms.client, signed, ticket.iou_bytes)
         self._served_today += tokens
         client = channel.terms.client
         self._client_today[client] = self._client_today.get(client, 0) + tokens

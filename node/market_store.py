@@ -1,9 +1,10 @@
 """The market's durable state: `market.sqlite` in the data dir (stdlib `sqlite3`, WAL).
 
 Both sides of a channel keep it here: the client (its IOU key, its own count of what it owes,
-the receipts it got) and the provider (the latest IOU it admitted, what it charged, the
-receipts it signed). A provider writes the IOU and the charge in one transaction before it
-sends the answer, so a kill -9 after answering loses nothing it could settle. Calls are small
+the receipts it got) and the provider (the receipts it signed, each with the IOU that pays for
+it, from which its channel's total and newest IOU are read). A provider writes that row in one
+statement before it sends the answer, so a kill -9 after answering loses nothing it could
+settle. Calls are small
 and inline (WAL with synchronous=NORMAL does not sync on commit); the trio loop owns the one
 connection.
 """
@@ -78,6 +79,7 @@ class ChannelRow:
         }
 
 
+_RECEIPT_SLOTS = ", ".join("?" * 15)
 _COLUMNS = "id, role, peer, counterpart, open_tx, deposit, expiry_ms, charged_milli, seq, iou, "
 _COLUMNS += "iou_key, state, end_tx"
 # A provider writes one receipts row per answer, IOU included (one statement, one commit, on
@@ -192,28 +194,14 @@ class MarketStore:
 
     # -- receipts -------------------------------------------------------------------------
 
-    def record(
-        self,
-        role: str,
-        peer: str,
-        counterpart: bytes,
-        receipt: Any,
-        *,
-        charged_milli: int,
-        iou: bytes | None = None,
-        disputed: str = "",
-    ) -> None:
-        """One answered call: the signed receipt (kept whole, as evidence) and the channel's
-        new total. A provider's row also holds the IOU that pays for it, in one statement:
-        on disk before the answer goes out. A client's rows go in batches (`record_many`)."""
-        if role == "provider":
-            self._conn.execute(
-                "INSERT OR REPLACE INTO receipts VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                _receipt_row(role, peer, counterpart, receipt, disputed, iou),
-            )
-        else:
-            self.record_many([(peer, counterpart, receipt, charged_milli, disputed)])
+    def record_served(self, peer: str, client: bytes, receipt: Any, iou: bytes) -> None:
+        """A provider's answered call: the signed receipt (kept whole, as evidence) with the
+        IOU that pays for it, in one statement, on disk before the answer goes out. The
+        channel's total, seq and newest IOU are read back from these rows."""
+        self._conn.execute(
+            f"INSERT OR REPLACE INTO receipts VALUES ({_RECEIPT_SLOTS})",
+            _receipt_row("provider", peer, client, receipt, "", iou),
+        )
 
     def record_many(self, items: list[tuple[str, bytes, Any, int, str]]) -> None:
         """A client's checked receipts, (peer, counterpart, receipt, our total, dispute), in
@@ -222,8 +210,7 @@ class MarketStore:
         c.execute("BEGIN IMMEDIATE")
         try:
             c.executemany(
-                "INSERT OR REPLACE INTO receipts VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO receipts VALUES ({_RECEIPT_SLOTS})",
                 [_receipt_row("client", p, cp, r, d, None) for p, cp, r, _, d in items],
             )
             c.executemany(

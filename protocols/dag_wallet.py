@@ -127,8 +127,8 @@ class Wallet:
                 registry=self.engine.registry,
             )
             self.engine.check_transaction(tx, int(self._wall() * 1000))
-            available = self.engine.spendable(account, self._mempool)
             if self.engine.spendable(account, [*self._mempool, tx]) < 0:
+                available = self.engine.spendable(account, self._mempool)
                 raise InsufficientCredits(
                     f"a {kind} needs more than the {available} credits spendable "
                     f"(balance less transactions still pending)"

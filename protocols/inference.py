@@ -25,9 +25,8 @@ import experts
 from dag.errors import SwarmError
 from experts.directory import Directory
 from protocols import infer_wire as wire
-from protocols.errors import NetworkError, PeerTimeout
 from protocols.infer_client import CallFailed, InferChannel
-from protocols.infer_server import Busy, CallError, ExpertHost
+from protocols.infer_server import ExpertHost
 
 log = logging.getLogger("swarm.infer")
 LOCAL = "local"
@@ -308,15 +307,7 @@ class Inference:
                     result = await self._channel_for(provider).call(call)
                 else:
                     result, cost, started = await self._paid_call(provider, call, price)
-        except (
-            CallFailed,
-            CallError,
-            Busy,
-            NetworkError,
-            PeerTimeout,
-            SwarmError,
-            trio.TooSlowError,
-        ) as exc:
+        except (SwarmError, trio.TooSlowError) as exc:  # busy, refused, network, deadline
             why = getattr(exc, "code", None) or type(exc).__name__
             race.attempts.append((provider, f"{why}: {exc}"))
             if provider != LOCAL:

@@ -17,8 +17,8 @@ where an ML-DSA-65 account signature would cost about a millisecond each.
     {"t": "quote?"}                     -> {"t": "quote", "paid": bool, "prices": {expert: n},
                                              "ceiling": n, "valid_ms": n}
     {"t": "channel", "open": tx bytes}  -> {"t": "channel", "charged": n, "seq": n,
-                                             "iou": bytes | nil, "paid": ..., "prices": ...,
-                                             "valid_ms": n}
+                                             "iou": bytes | nil, and the quote's "paid",
+                                             "prices", "ceiling", "valid_ms"}
     any                                 -> {"t": "error", "reason": str}
 
 `paid` says whether the provider serves for pay at all: a free one needs no channel. The

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,23 +36,13 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_inference import cli, pct  # noqa: E402  (this script's own directory)
+
 from node.client import Client  # noqa: E402
 from node.daemon import Node  # noqa: E402
 from node.hosting import FFN_DIM, ffn64_id  # noqa: E402
 from node.mesh import Mesh, stop_pids  # noqa: E402
 from tests.factory import running_nodes  # noqa: E402
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "node", *args], capture_output=True, text=True, check=True
-    )
-
 
 ROWS = np.random.default_rng(0).standard_normal((1, FFN_DIM)).astype(np.float32)
 EXPERT = ffn64_id()  # computed once: it hashes the expert's weights
