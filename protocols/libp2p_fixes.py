@@ -141,3 +141,27 @@ def install_batched_yamux_window_updates() -> None:
 
     release.swarm_batched = True  # type: ignore[attr-defined]
     YamuxStream._auto_tune_and_send_window_update = release  # type: ignore[method-assign]
+
+
+def install_yamux_settings_read_once() -> None:
+    """Read py-libp2p's PY_YAMUX_* tuning variables once, not on every frame.
+
+    py-libp2p 0.8 looks its perf-harness settings up in the environment at call time:
+    `os.getenv` for every DATA frame read (the read timeout) and every window check, 2-3% of
+    a node's CPU under calls. The values cannot change while a node runs, so each is read
+    once here and the module's lookups return it. Installing twice is harmless.
+    """
+    from libp2p.stream_muxer.yamux import yamux
+
+    if getattr(yamux, "swarm_settings_read_once", False):
+        return
+    for name in (
+        "_yamux_data_read_timeout",
+        "_perf_yamux_debug_enabled",
+        "_yamux_disable_hysteresis",
+        "_yamux_release_on_read",
+        "_yamux_batch_threshold_divisor",
+    ):
+        value = getattr(yamux, name)()
+        setattr(yamux, name, lambda value=value: value)
+    yamux.swarm_settings_read_once = True  # type: ignore[attr-defined]

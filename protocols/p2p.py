@@ -40,6 +40,7 @@ from protocols.libp2p_fixes import (
     install_atomic_noise_writes,
     install_batched_yamux_window_updates,
     install_signed_record_cache,
+    install_yamux_settings_read_once,
 )
 from protocols.peers import PeerEntry, PeerTable
 from protocols.stream import Libp2pStream, Stream
@@ -169,6 +170,7 @@ class P2PService:
         connections = ConnectionConfig(min_connections=0, low_watermark=0)
         install_atomic_noise_writes()
         install_batched_yamux_window_updates()
+        install_yamux_settings_read_once()
         host = new_host(
             key_pair=self._key_pair,
             listen_addrs=listen,

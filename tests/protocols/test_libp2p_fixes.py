@@ -10,7 +10,7 @@ from libp2p.security.noise.io import NoiseTransportReadWriter
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
 from dag.crypto import Scheme
-from protocols.libp2p_fixes import install_atomic_noise_writes
+from protocols.libp2p_fixes import install_atomic_noise_writes, install_yamux_settings_read_once
 from protocols.stream import Stream
 from tests.factory import swarm
 
@@ -86,3 +86,19 @@ async def test_yamux_returns_window_in_batches_and_large_messages_still_flow(
             await round_trip(stream, bytes(range(256)) * 4096)
             assert 4 <= len(updates) <= 64
             await stream.aclose()
+
+
+def test_yamux_reads_its_settings_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from libp2p.stream_muxer.yamux import yamux
+
+    expected = yamux._yamux_data_read_timeout()
+    install_yamux_settings_read_once()
+    install_yamux_settings_read_once()
+
+    def no_lookups(*args: object) -> None:
+        raise AssertionError("the environment was read on the frame path")
+
+    monkeypatch.setattr(yamux.os, "getenv", no_lookups)
+    assert yamux._yamux_data_read_timeout() == expected
+    assert yamux._yamux_release_on_read() is True
+    assert yamux._yamux_batch_threshold_divisor() == 2
