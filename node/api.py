@@ -209,9 +209,8 @@ def build_app(node: Node, token: str) -> Starlette:
         if array.ndim != 2 or not np.isfinite(array).all():
             raise ApiError(400, "rows must be a list of equally long lists of finite numbers")
         started = trio.current_time()
-        answer = await node.experts.inference.tensor(
-            expert, array, deadline_s=_float_param(str(body.get("deadline_s", 5)), "deadline_s")
-        )
+        options = {k: v for k, v in _infer_options(body).items() if k in _TENSOR_OPTIONS}
+        answer = await node.experts.inference.tensor(expert, array, **options)
         doc = _answer_doc(node, answer, trio.current_time() - started)
         doc["rows"] = answer.array.tolist() if answer.array is not None else None
         return doc
@@ -232,6 +231,9 @@ def build_app(node: Node, token: str) -> Starlette:
         *market_routes(node, endpoint),
     ]
     return Starlette(routes=routes)
+
+
+_TENSOR_OPTIONS = ("max_price", "deadline_s", "hedge_after_s", "remote_only")
 
 
 def _infer_options(body: dict[str, Any]) -> dict[str, Any]:

@@ -136,14 +136,17 @@ class Client:
         return self.request("POST", "/v1/infer", {"prompt": prompt, **options}, timeout_s=wait)
 
     def infer_tensor(
-        self, expert_id: str, rows: list[list[float]], *, deadline_s: float = 5.0
+        self,
+        expert_id: str,
+        rows: list[list[float]],
+        *,
+        deadline_s: float = 5.0,
+        max_price: int | None = None,
     ) -> dict[str, Any]:
-        return self.request(
-            "POST",
-            "/v1/infer/tensor",
-            {"expert": expert_id, "rows": rows, "deadline_s": deadline_s},
-            timeout_s=deadline_s + 30,
-        )
+        body: dict[str, Any] = {"expert": expert_id, "rows": rows, "deadline_s": deadline_s}
+        if max_price is not None:
+            body["max_price"] = max_price
+        return self.request("POST", "/v1/infer/tensor", body, timeout_s=deadline_s + 30)
 
     def market(self, view: str, **query: Any) -> dict[str, Any]:
         """GET /v1/market/<view>: channels, receipts, providers or prices."""

@@ -38,6 +38,7 @@ from protocols import infer_wire as wire
 from protocols import market_wire as mw
 from protocols.dag_service import DagService
 from protocols.infer_client import CallFailed
+from protocols.inference import OverPrice
 from protocols.p2p import P2PService
 
 log = logging.getLogger("swarm.market")
@@ -195,11 +196,17 @@ class Market:
 
     # -- client: the payer ----------------------------------------------------------------
 
-    async def prepare(self, provider: str, request: wire.Request, price: int) -> PayTicket | None:
+    async def prepare(
+        self, provider: str, request: wire.Request, price: int, max_price: int | None = None
+    ) -> PayTicket | None:
         quote = await self._quote_of(provider)
         if not quote.paid:
             return None
         price = quote.prices.get(request.expert, price)
+        if max_price is not None and price > max_price:
+            raise OverPrice(
+                f"provider {provider[-8:]} asks {price} per 1,000 tokens, over {max_price}"
+            )
         account = self._account_of(provider)
         if account is None:
             raise ChannelFailed(f"no account is known for provider {provider[-8:]}")

@@ -37,6 +37,13 @@ class NoProvider(SwarmError):
     """No reachable provider serves what was asked within the price ceiling."""
 
 
+class OverPrice(SwarmError):
+    """A provider quotes more than the caller's price ceiling: the call goes elsewhere. (The
+    candidates are chosen by announced price; a quote follows the provider's queue.)"""
+
+    code = "price"
+
+
 class InferenceFailed(SwarmError):
     """Every provider tried failed; `attempts` says who and why."""
 
@@ -48,9 +55,12 @@ class InferenceFailed(SwarmError):
 class Payer(Protocol):
     """Pays providers that charge: the market's client side (`node.market.Market`)."""
 
-    async def prepare(self, provider: str, request: wire.Request, price: int) -> object | None:
+    async def prepare(
+        self, provider: str, request: wire.Request, price: int, max_price: int | None = None
+    ) -> object | None:
         """A ticket that reserves the call's largest cost on a channel with `provider`
-        (opened first if need be), or None when the provider serves for free."""
+        (opened first if need be), or None when the provider serves for free. Raises
+        `OverPrice` when the provider now asks more than `max_price` per 1,000 tokens."""
 
     def sign(self, ticket: object) -> bytes:
         """The IOU of a prepared call, made as its request goes on the wire."""
@@ -80,6 +90,7 @@ class Answer:
 
 @dataclass
 class _Race:
+    max_price: int | None = None  # the caller's ceiling, per 1,000 tokens
     winner: Answer | None = None
     attempts: list[tuple[str, str]] = field(default_factory=list)
 
@@ -192,7 +203,9 @@ class Inference:
             remote_only=remote_only,
         )
         found = await self._await_providers(find, deadline_s, expert_id, domain)
-        return await self._first_answer(found, request, domain or "", deadline_s, hedge_after_s)
+        return await self._first_answer(
+            found, request, domain or "", deadline_s, hedge_after_s, max_price
+        )
 
     async def _await_providers(
         self,
@@ -221,6 +234,7 @@ class Inference:
         expert_id: str,
         rows: npt.ArrayLike,
         *,
+        max_price: int | None = None,
         deadline_s: float = 5.0,
         hedge_after_s: float | None = None,
         remote_only: bool = False,
@@ -230,9 +244,15 @@ class Inference:
         def request(expert: str, budget_ms: int) -> wire.Request:
             return wire.TensorRequest.of(next(self._ids), expert, budget_ms, rows)
 
-        find = partial(self.candidates, expert_id=expert_id, kind="tensor", remote_only=remote_only)
+        find = partial(
+            self.candidates,
+            expert_id=expert_id,
+            kind="tensor",
+            max_price=max_price,
+            remote_only=remote_only,
+        )
         found = await self._await_providers(find, deadline_s, expert_id, None)
-        return await self._first_answer(found, request, "", deadline_s, hedge_after_s)
+        return await self._first_answer(found, request, "", deadline_s, hedge_after_s, max_price)
 
     async def _first_answer(
         self,
@@ -241,12 +261,13 @@ class Inference:
         domain: str,
         deadline_s: float,
         hedge_after_s: float | None,
+        max_price: int | None = None,
     ) -> Answer:
         if not found:
             raise NoProvider(
                 f"no provider serves {domain or 'this expert'} within the price ceiling"
             )
-        race = _Race()
+        race = _Race(max_price)
         deadline = trio.current_time() + deadline_s
         if hedge_after_s is None or len(found) == 1:
             # No hedging: try the candidates in turn, with no task to spawn per call.
@@ -306,11 +327,13 @@ class Inference:
                 elif self.payer is None or price == 0:
                     result = await self._channel_for(provider).call(call)
                 else:
-                    result, cost, started = await self._paid_call(provider, call, price)
+                    result, cost, started = await self._paid_call(
+                        provider, call, price, race.max_price
+                    )
         except (SwarmError, trio.TooSlowError) as exc:  # busy, refused, network, deadline
             why = getattr(exc, "code", None) or type(exc).__name__
             race.attempts.append((provider, f"{why}: {exc}"))
-            if provider != LOCAL:
+            if provider != LOCAL and why != "price":  # (our ceiling, not the provider's fault)
                 self.directory.record(
                     provider,
                     expert,
@@ -339,7 +362,7 @@ class Inference:
         )
 
     async def _paid_call(
-        self, provider: str, call: wire.Request, price: int
+        self, provider: str, call: wire.Request, price: int, max_price: int | None
     ) -> tuple[wire.TextResult | wire.ArrayResult, int, float]:
         """A call paid on a channel: (result, its cost in milli-credits, when the call itself
         started, after any channel was opened). A provider that refuses the channel (it
@@ -348,7 +371,7 @@ class Inference:
         assert payer is not None
         channel = self._channel_for(provider)
         for again in (True, False):
-            ticket = await payer.prepare(provider, call, price)
+            ticket = await payer.prepare(provider, call, price, max_price)
             started = time.perf_counter()
             if ticket is None:
                 return await channel.call(call), 0, started

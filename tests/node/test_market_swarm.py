@@ -43,13 +43,15 @@ class Clock:
 
 @asynccontextmanager
 async def market_swarm(
-    tmp_path: Path, clock: Clock, *, paid: bool = True
+    tmp_path: Path, clock: Clock, *, paid: bool = True, **market: Any
 ) -> AsyncIterator[list[Node]]:
-    """provider (ffn64), client, and a third validator; Ed25519 keeps the test quick."""
+    """provider (ffn64), client, and a third validator; Ed25519 keeps the test quick.
+    `market` overrides [market] settings of every node."""
     dirs = make_node_dirs(
         tmp_path, 3, scheme=Scheme.ED25519, hosts=[["ffn64"], [], []], paid=[paid, False, False]
     )
     settings: dict[str, Any] = {"channel_lifetime_s": LIFETIME_S, "settle_margin_s": MARGIN_S}
+    settings.update(market)
     async with running_nodes(dirs, wall_clock=clock, market=settings) as nodes:
         await connect_all(nodes)
         yield nodes
@@ -188,6 +190,25 @@ async def test_a_free_provider_is_called_without_a_channel(tmp_path: Path) -> No
             assert answer.provider == provider.peer_id and answer.cost_milli == 0
             assert client.market.store.channels() == []
             assert provider.experts.offers()[0].price_per_1k == 0
+
+
+async def test_a_quote_over_the_callers_price_ceiling_is_not_paid(tmp_path: Path) -> None:
+    clock = Clock()
+    with trio.fail_after(60):
+        async with market_swarm(tmp_path, clock, price_ceiling=4 * PRICE) as nodes:
+            provider, client, _ = nodes
+            # A full queue: the provider's price rises from its announced floor to its ceiling.
+            provider.market.till._depth = lambda expert: 10**6
+            ffn = ffn_of(provider)
+            rows = np.ones((1, 64), np.float32)
+            infer = client.experts.inference
+            with pytest.raises(SwarmError, match=f"asks {4 * PRICE} per 1,000 tokens, over"):
+                await infer.tensor(ffn, rows, max_price=2 * PRICE, deadline_s=30)
+            assert client.market.store.channels() == []  # nothing opened, nothing locked
+            stats = client.experts.directory.reputation()
+            assert all(s["failed"] == 0 and s["refused"] == 0 for s in stats.values())
+            answer = await infer.tensor(ffn, rows, max_price=4 * PRICE, deadline_s=30)
+            assert answer.cost_milli == 2 * 4 * PRICE
 
 
 async def test_bad_market_requests_are_refused_and_change_nothing(
