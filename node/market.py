@@ -388,6 +388,7 @@ class Market:
         while True:
             try:
                 await self.keep()
+                await trio.to_thread.run_sync(self.store.checkpoint)
             except SwarmError as exc:
                 log.warning("market keeper: %s", exc)
             await trio.sleep(KEEP_EVERY_S)  # a periodic sweep, not a wait for an event

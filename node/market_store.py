@@ -5,8 +5,10 @@ the receipts it got) and the provider (the receipts it signed, each with the IOU
 it, from which its channel's total and newest IOU are read). A provider writes that row in one
 statement before it sends the answer, so a kill -9 after answering loses nothing it could
 settle. Calls are small
-and inline (WAL with synchronous=NORMAL does not sync on commit); the trio loop owns the one
-connection.
+and inline (WAL with synchronous=NORMAL does not sync on commit); the trio loop owns the
+connection. Copying the log into the database file (a checkpoint, which syncs) is not left to
+whichever commit crosses SQLite's threshold, which would hold up that answer for milliseconds:
+the market's keeper runs `checkpoint` in a worker thread, on a connection of its own.
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ class ChannelRow:
         }
 
 
+# The log a checkpoint leaves for reuse; what a burst grew beyond it is given back.
+WAL_KEEP_BYTES = 16 << 20
 _RECEIPT_SLOTS = ", ".join("?" * 15)
 _COLUMNS = "id, role, peer, counterpart, open_tx, deposit, expiry_ms, charged_milli, seq, iou, "
 _COLUMNS += "iou_key, state, end_tx"
@@ -120,6 +124,7 @@ class MarketStore:
     def __init__(self, conn: sqlite3.Connection, path: str) -> None:
         self._conn = conn
         self.path = path
+        self._checkpointer: sqlite3.Connection | None = None
 
     @classmethod
     def open(cls, path: str | Path) -> MarketStore:
@@ -134,6 +139,8 @@ class MarketStore:
                 raise MarketStoreError(f"market store {where} failed its integrity check")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # see `checkpoint`
+            conn.execute(f"PRAGMA journal_size_limit = {WAL_KEEP_BYTES}")
             conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
         except sqlite3.DatabaseError as exc:
             conn.close()
@@ -141,7 +148,23 @@ class MarketStore:
         return cls(conn, where)
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self._conn.close()
+
+    def checkpoint(self) -> int:
+        """Copy the log into the database file; returns the frames copied. It blocks (the
+        copy is synced): call it from a worker thread. PASSIVE: it never waits for the
+        loop's writes, nor they for it."""
+        try:
+            if self._checkpointer is None:
+                self._checkpointer = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False
+                )
+            row = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            raise MarketStoreError(f"market store {self.path}: checkpoint failed: {exc}") from None
+        return int(row[2])
 
     # -- channels -------------------------------------------------------------------------
 
