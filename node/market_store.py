@@ -38,6 +38,8 @@ CREATE TABLE IF NOT EXISTS receipts (
     charged_milli INTEGER NOT NULL, body BLOB NOT NULL, at_ms INTEGER NOT NULL,
     disputed TEXT NOT NULL DEFAULT '', iou BLOB, PRIMARY KEY (channel, seq));
 CREATE INDEX IF NOT EXISTS receipts_day ON receipts (at_ms);
+-- A channel's total is its receipts' largest: read here, not by a scan of them.
+CREATE INDEX IF NOT EXISTS receipts_total ON receipts (channel, charged_milli);
 """
 
 

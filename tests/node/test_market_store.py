@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 
-from node.market_store import MarketStore, MarketStoreError
+from node.market_store import _SELECT, ChannelRow, MarketStore, MarketStoreError
 from protocols import market_wire as mw
 
 CHANNEL = bytes(range(32))
@@ -41,3 +42,34 @@ def test_a_damaged_file_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
     with pytest.raises(MarketStoreError, match="market store"):
         MarketStore.open(path)
     assert path.read_bytes() == b"not a database" * 100
+
+
+def test_a_channels_totals_are_read_without_scanning_its_receipts(tmp_path: Path) -> None:
+    # The keeper reads every active channel each second: a channel of a million receipts must
+    # cost it what a channel of ten does. Counted in SQLite's VM steps, not in time.
+    path = tmp_path / "market.sqlite"
+    store = MarketStore.open(path)
+    row = ChannelRow(
+        CHANNEL, "provider", "peer", b"c" * 32, b"tx", 5, 2**40, 0, 0, None, None, "open", None
+    )
+    store.put_channel(row)
+    conn = sqlite3.connect(path)
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    conn.set_progress_handler(count, 1)
+    cost = {}
+    for total in (10, 5_000):
+        for seq in range(len(store.receipts("provider", limit=10_000)) + 1, total + 1):
+            store.record_served("peer", b"c" * 32, receipt(seq), b"iou")
+        steps = 0
+        (found,) = conn.execute(f"{_SELECT} WHERE id = ?", (CHANNEL,)).fetchall()
+        assert found[7] == 20 * total  # the channel's total: its newest receipt's
+        cost[total] = steps
+    assert cost[5_000] < 2 * cost[10], cost
+    conn.close()
+    store.close()
