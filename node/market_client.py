@@ -60,6 +60,11 @@ class Paid:
     disputed: str
 
 
+# A counted answer whose receipt is still to check: (ticket, result, receipt, our token count,
+# our cost, the channel's total owed after it).
+_Unchecked = tuple[PayTicket, wire.TextResult | wire.ArrayResult, mw.Receipt, int, int, int]
+
+
 class Purse:
     def __init__(
         self, store: MarketStore, chain: bytes, host_key_of: Callable[[str], bytes | None]
@@ -69,9 +74,7 @@ class Purse:
         self._host_key_of = host_key_of
         self._open: dict[bytes, ClientChannel] = {}  # by provider account
         # Answers counted and paid, whose receipts `check` has still to check and keep.
-        self._unchecked: list[
-            tuple[PayTicket, wire.TextResult | wire.ArrayResult, mw.Receipt, int, int, int]
-        ] = []
+        self._unchecked: list[_Unchecked] = []
         for row in store.channels(role="client", state="open"):
             self.adopt(row)
 
@@ -140,20 +143,32 @@ class Purse:
         return ours
 
     def check(self) -> list[Paid]:
-        """Check the queued receipts (signature by the provider's host key, the request and
-        answer they name, the tokens) and keep them, in one transaction. A receipt that
-        claims more than we counted, or is not the provider's, is kept marked disputed; we
-        paid by our own count either way. Off the call's path: the market runs it after
-        the answers are out."""
+        """Check the queued receipts and keep them: `keep(batch, judge(batch))` in one go."""
+        batch = self.unchecked()
+        return self.keep(batch, self.judge(batch))
+
+    def unchecked(self) -> list[_Unchecked]:
+        """The receipts queued since the last call, taken off the queue."""
         batch, self._unchecked = self._unchecked, []
-        done, rows = [], []
-        for ticket, result, receipt, tokens, ours, owed in batch:
-            disputed = self._dispute(ticket, result, receipt, tokens, ours)
-            done.append(Paid(ours, receipt, disputed))
-            rows.append((ticket.provider, ticket.channel.terms.provider, receipt, owed, disputed))
+        return batch
+
+    def judge(self, batch: list[_Unchecked]) -> list[str]:
+        """Each receipt's dispute, or "" (signature by the provider's host key, the request
+        and answer it names, the tokens). Reads nothing but the batch: the market runs it in a
+        worker thread, where the signatures are checked beside the loop."""
+        return [self._dispute(*item[:5]) for item in batch]
+
+    def keep(self, batch: list[_Unchecked], disputes: list[str]) -> list[Paid]:
+        """Store the judged receipts in one transaction. A receipt that claims more than we
+        counted, or is not the provider's, is kept marked disputed; we paid by our own count
+        either way."""
+        rows = [
+            (ticket.provider, ticket.channel.terms.provider, receipt, owed, disputed)
+            for (ticket, _, receipt, _, _, owed), disputed in zip(batch, disputes, strict=True)
+        ]
         if rows:
             self.store.record_many(rows)
-        return done
+        return [Paid(item[4], item[2], d) for item, d in zip(batch, disputes, strict=True)]
 
     def _dispute(
         self,
