@@ -104,6 +104,7 @@ class Market:
         self._quotes: dict[str, _Quoted] = {}
         self._opening: dict[bytes, _Opening] = {}  # by provider account
         self._unchecked = trio.Event()
+        self._checking = trio.Lock()  # one batch of receipts checked at a time, in order
         self._nursery: trio.Nursery | None = None
 
     def _now_ms(self) -> int:
@@ -119,7 +120,9 @@ class Market:
                 task_status.started(self)
                 await trio.sleep_forever()
         finally:
-            self.check_receipts()  # a clean stop keeps the receipts of the last answers
+            # A clean stop keeps the receipts of the last answers (the checker's batch in
+            # flight, if any, was kept before its task ended).
+            self._report(self.purse.check())
 
     # -- provider: the desk ---------------------------------------------------------------
 
@@ -275,14 +278,19 @@ class Market:
             # their checks run while calls wait on the network, not while they are handled.
             await trio.sleep(CHECK_WINDOW_S)
             self._unchecked = trio.Event()
-            batch = self.purse.unchecked()
-            # The signatures are checked beside the loop (libsodium lets go of the GIL).
-            disputes = await trio.to_thread.run_sync(self.purse.judge, batch)
-            self._report(self.purse.keep(batch, disputes))
+            await self.check_receipts()
 
-    def check_receipts(self) -> None:
-        """Check and keep the receipts queued so far, now (what `_checker` does)."""
-        self._report(self.purse.check())
+    async def check_receipts(self) -> None:
+        """Check and keep every receipt queued so far (what `_checker` does each window)."""
+        async with self._checking:
+            batch = self.purse.unchecked()
+            if not batch:
+                return
+            # Shielded: a batch taken off the queue is kept, even by a node that is stopping.
+            with trio.CancelScope(shield=True):
+                # The signatures are checked beside the loop (libsodium lets go of the GIL).
+                disputes = await trio.to_thread.run_sync(self.purse.judge, batch)
+                self._report(self.purse.keep(batch, disputes))
 
     @staticmethod
     def _report(done: list[Paid]) -> None:
