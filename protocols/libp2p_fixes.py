@@ -165,3 +165,160 @@ def install_yamux_settings_read_once() -> None:
         value = getattr(yamux, name)()
         setattr(yamux, name, lambda value=value: value)
     yamux.swarm_settings_read_once = True  # type: ignore[attr-defined]
+
+
+class QuickLock:
+    """A trio lock that takes no trip through the scheduler when it is free.
+
+    `trio.Lock.acquire` yields even when nobody holds the lock, and py-libp2p takes four or
+    five such locks per message (the stream's state, its window, the muxer's writer, the
+    socket's): that is most of what one small message costs beyond the socket itself. Taken
+    while free this lock is simply taken; held, the caller queues on the trio lock inside,
+    in the same FIFO order. The next real await delivers a pending cancellation instead.
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = trio.Lock()
+
+    async def acquire(self) -> None:
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
+
+    def acquire_nowait(self) -> None:
+        self._lock.acquire_nowait()
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    def statistics(self) -> Any:
+        return self._lock.statistics()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+class QuickSemaphore:
+    """`QuickLock`'s counterpart for the one-writer semaphore of py-libp2p's streams."""
+
+    __slots__ = ("_sem",)
+
+    def __init__(self, value: int) -> None:
+        self._sem = trio.Semaphore(value)
+
+    @property
+    def value(self) -> int:
+        return self._sem.value
+
+    async def acquire(self) -> None:
+        try:
+            self._sem.acquire_nowait()
+        except trio.WouldBlock:
+            await self._sem.acquire()
+
+    def acquire_nowait(self) -> None:
+        self._sem.acquire_nowait()
+
+    def release(self) -> None:
+        self._sem.release()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._sem.release()
+
+
+def install_quick_stream_locks() -> None:
+    """Give py-libp2p's per-message locks (see `QuickLock`) to every new stream and muxed
+    connection, and make the muxer's frame writer skip its unconditional debug formatting
+    and the extra yield after each frame. Installing twice is harmless."""
+    from libp2p.io.trio import TrioTCPStream
+    from libp2p.network.stream.net_stream import NetStream
+    from libp2p.stream_muxer.rw_lock import ReadWriteLock
+    from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
+
+    if getattr(Yamux._write_frame, "swarm_quick", False):
+        return
+
+    def after_init(cls: Any, *locks: str, semaphore: str = "") -> None:
+        original = cls.__init__
+
+        def init(self: Any, *args: Any, **kwargs: Any) -> None:
+            original(self, *args, **kwargs)
+            for name in locks:
+                setattr(self, name, QuickLock())
+            if semaphore:
+                setattr(self, semaphore, QuickSemaphore(1))
+
+        cls.__init__ = init
+
+    after_init(NetStream, "_state_lock")
+    after_init(YamuxStream, "window_lock")
+    after_init(Yamux, "streams_lock", "_write_lock")
+    after_init(TrioTCPStream, "read_lock", "write_lock")
+    after_init(ReadWriteLock, "_readers_lock", semaphore="_writer_lock")
+
+    async def write_frame(self: Any, data: bytes) -> None:
+        async with self._write_lock:
+            await self.secured_conn.write(data)
+
+    write_frame.swarm_quick = True  # type: ignore[attr-defined]
+    Yamux._write_frame = write_frame  # type: ignore[method-assign]
+
+
+def install_fast_yamux_writes() -> None:
+    """Send a Yamux DATA frame that fits the window without three needless trips through
+    trio's scheduler.
+
+    py-libp2p 0.8 writes every frame in a loop under the stream's writer semaphore and its
+    window lock, through a generator-based context manager and a shielded release, with
+    debug lines formatted whether or not debug logging is on. Here a write that needs one
+    frame, that the send window covers and that no other writer of the stream is in the
+    middle of, takes its window and goes straight to the connection's frame writer, which
+    orders frames as before (the library, too, takes the window under its locks and then
+    queues on the writer's lock); any other write takes the library's path. Installing
+    twice is harmless.
+    """
+    import struct
+
+    from libp2p.stream_muxer.exceptions import MuxedStreamError
+    from libp2p.stream_muxer.yamux import yamux
+
+    stream_cls = yamux.YamuxStream
+    if getattr(stream_cls.write, "swarm_fast", False):
+        return
+    library_write = stream_cls.write
+    largest = yamux.MAX_MESSAGE_SIZE - yamux.HEADER_SIZE
+    header = struct.Struct(yamux.YAMUX_HEADER_FORMAT)
+
+    async def write(self: Any, data: bytes) -> None:
+        size = len(data)
+        if (
+            0 < size <= largest
+            and size <= self.send_window
+            and not self.send_closed
+            and not self.closed
+            and self.rw_lock._writer_lock.value == 1  # no write of this stream under way
+            and not self.window_lock.locked()
+        ):
+            self.send_window -= size
+            await self.conn._write_frame(
+                header.pack(0, yamux.TYPE_DATA, 0, self.stream_id, size) + data
+            )
+            return
+        if self.send_closed:
+            raise MuxedStreamError("Stream is closed for sending")
+        await library_write(self, data)
+
+    write.swarm_fast = True  # type: ignore[attr-defined]
+    stream_cls.write = write  # type: ignore[method-assign]

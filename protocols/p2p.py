@@ -39,6 +39,8 @@ from protocols.libp2p_fixes import (
     guard_pubsub_streams,
     install_atomic_noise_writes,
     install_batched_yamux_window_updates,
+    install_fast_yamux_writes,
+    install_quick_stream_locks,
     install_signed_record_cache,
     install_yamux_settings_read_once,
 )
@@ -171,6 +173,8 @@ class P2PService:
         install_atomic_noise_writes()
         install_batched_yamux_window_updates()
         install_yamux_settings_read_once()
+        install_quick_stream_locks()
+        install_fast_yamux_writes()
         host = new_host(
             key_pair=self._key_pair,
             listen_addrs=listen,

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from libp2p.security.noise.io import NoiseTransportReadWriter
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
 from dag.crypto import Scheme
-from protocols.libp2p_fixes import install_atomic_noise_writes, install_yamux_settings_read_once
+from protocols.libp2p_fixes import (
+    QuickLock,
+    QuickSemaphore,
+    install_atomic_noise_writes,
+    install_yamux_settings_read_once,
+)
 from protocols.stream import Stream
 from tests.factory import swarm
 
@@ -102,3 +109,66 @@ def test_yamux_reads_its_settings_once(monkeypatch: pytest.MonkeyPatch) -> None:
     assert yamux._yamux_data_read_timeout() == expected
     assert yamux._yamux_release_on_read() is True
     assert yamux._yamux_batch_threshold_divisor() == 2
+
+
+@pytest.mark.parametrize("make", [QuickLock, lambda: QuickSemaphore(1)])
+async def test_a_free_quick_lock_is_taken_at_once_and_a_held_one_queues_in_order(
+    make: Callable[[], QuickLock | QuickSemaphore],
+) -> None:
+    lock = make()
+    ran: list[str] = []
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_note, "other task", ran)  # runs at our next trip to the scheduler
+            async with lock:
+                assert ran == []  # taking a free lock did not yield
+                for name in ("first", "second", "third"):  # each queues before the next
+                    nursery.start_soon(_take_and_note, lock, name, ran)
+                    await trio.testing.wait_all_tasks_blocked()
+                assert ran == ["other task"]  # the others wait while we hold it
+        assert ran == ["other task", "first", "second", "third"]  # in the order they came
+
+
+async def _note(name: str, ran: list[str]) -> None:
+    ran.append(name)
+
+
+async def _take_and_note(lock: QuickLock | QuickSemaphore, name: str, ran: list[str]) -> None:
+    async with lock:
+        ran.append(name)
+
+
+async def test_writers_of_one_stream_mixing_small_and_large_messages_lose_nothing(
+    tmp_path: Path,
+) -> None:
+    # Single-frame writes take the fast path, larger ones the library's, which waits for
+    # window updates: concurrent senders (each message whole under the caller's lock, as our
+    # protocols send) must get every byte through, in order, with the window accounted.
+    received = bytearray()
+    done = trio.Event()
+    messages = [bytes([i]) * size for i, size in enumerate([10, 70_000, 300, 200_000, 1] * 8)]
+    expected = b"".join(messages)
+
+    async def sink(stream: Stream) -> None:
+        while data := await stream.receive_some():
+            received.extend(data)
+            if len(received) >= len(expected):
+                done.set()
+
+    with trio.fail_after(60):
+        async with swarm(tmp_path, 2, scheme=Scheme.ED25519) as (a, b):
+            a.p2p.set_handler("/swarm/test-sink/1.0.0", sink)
+            stream = await b.p2p.open_stream(a.peer_id, "/swarm/test-sink/1.0.0")
+            lock = trio.StrictFIFOLock()  # FIFO: the messages go out in the order started
+
+            async def send(message: bytes) -> None:
+                async with lock:
+                    await stream.send_all(message)
+
+            async with trio.open_nursery() as nursery:
+                for message in messages:
+                    nursery.start_soon(send, message)
+                    await trio.testing.wait_all_tasks_blocked()
+            await done.wait()
+            await stream.aclose()
+    assert bytes(received) == expected
