@@ -168,74 +168,49 @@ def install_yamux_settings_read_once() -> None:
 
 
 class QuickLock:
-    """A trio lock that takes no trip through the scheduler when it is free.
+    """A trio lock (or one-slot semaphore) that takes no trip through the scheduler when free.
 
     `trio.Lock.acquire` yields even when nobody holds the lock, and py-libp2p takes four or
     five such locks per message (the stream's state, its window, the muxer's writer, the
     socket's): that is most of what one small message costs beyond the socket itself. Taken
-    while free this lock is simply taken; held, the caller queues on the trio lock inside,
-    in the same FIFO order. The next real await delivers a pending cancellation instead.
+    while free this lock is simply taken; held, the caller queues on the trio primitive
+    inside, in the same FIFO order. The next real await delivers a pending cancellation.
     """
 
-    __slots__ = ("_lock",)
+    __slots__ = ("_inner",)
 
-    def __init__(self) -> None:
-        self._lock = trio.Lock()
-
-    async def acquire(self) -> None:
-        try:
-            self._lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self._lock.acquire()
-
-    def acquire_nowait(self) -> None:
-        self._lock.acquire_nowait()
-
-    def release(self) -> None:
-        self._lock.release()
-
-    def locked(self) -> bool:
-        return self._lock.locked()
-
-    def statistics(self) -> Any:
-        return self._lock.statistics()
-
-    async def __aenter__(self) -> None:
-        await self.acquire()
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._lock.release()
-
-
-class QuickSemaphore:
-    """`QuickLock`'s counterpart for the one-writer semaphore of py-libp2p's streams."""
-
-    __slots__ = ("_sem",)
-
-    def __init__(self, value: int) -> None:
-        self._sem = trio.Semaphore(value)
+    def __init__(self, inner: trio.Lock | trio.Semaphore | None = None) -> None:
+        self._inner = inner if inner is not None else trio.Lock()
 
     @property
     def value(self) -> int:
-        return self._sem.value
+        """Free slots (1 or 0); what `trio.Semaphore.value` says."""
+        inner = self._inner
+        return inner.value if isinstance(inner, trio.Semaphore) else int(not inner.locked())
+
+    def locked(self) -> bool:
+        return self.value == 0
 
     async def acquire(self) -> None:
         try:
-            self._sem.acquire_nowait()
+            self._inner.acquire_nowait()
         except trio.WouldBlock:
-            await self._sem.acquire()
+            await self._inner.acquire()
 
     def acquire_nowait(self) -> None:
-        self._sem.acquire_nowait()
+        self._inner.acquire_nowait()
 
     def release(self) -> None:
-        self._sem.release()
+        self._inner.release()
+
+    def statistics(self) -> Any:
+        return self._inner.statistics()
 
     async def __aenter__(self) -> None:
         await self.acquire()
 
     async def __aexit__(self, *exc: object) -> None:
-        self._sem.release()
+        self._inner.release()
 
 
 def install_quick_stream_locks() -> None:
@@ -258,7 +233,7 @@ def install_quick_stream_locks() -> None:
             for name in locks:
                 setattr(self, name, QuickLock())
             if semaphore:
-                setattr(self, semaphore, QuickSemaphore(1))
+                setattr(self, semaphore, QuickLock(trio.Semaphore(1)))
 
         cls.__init__ = init
 

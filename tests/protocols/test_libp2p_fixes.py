@@ -14,7 +14,6 @@ from libp2p.stream_muxer.yamux.yamux import YamuxStream
 from dag.crypto import Scheme
 from protocols.libp2p_fixes import (
     QuickLock,
-    QuickSemaphore,
     install_atomic_noise_writes,
     install_yamux_settings_read_once,
 )
@@ -111,9 +110,9 @@ def test_yamux_reads_its_settings_once(monkeypatch: pytest.MonkeyPatch) -> None:
     assert yamux._yamux_batch_threshold_divisor() == 2
 
 
-@pytest.mark.parametrize("make", [QuickLock, lambda: QuickSemaphore(1)])
+@pytest.mark.parametrize("make", [QuickLock, lambda: QuickLock(trio.Semaphore(1))])
 async def test_a_free_quick_lock_is_taken_at_once_and_a_held_one_queues_in_order(
-    make: Callable[[], QuickLock | QuickSemaphore],
+    make: Callable[[], QuickLock],
 ) -> None:
     lock = make()
     ran: list[str] = []
@@ -133,7 +132,7 @@ async def _note(name: str, ran: list[str]) -> None:
     ran.append(name)
 
 
-async def _take_and_note(lock: QuickLock | QuickSemaphore, name: str, ran: list[str]) -> None:
+async def _take_and_note(lock: QuickLock, name: str, ran: list[str]) -> None:
     async with lock:
         ran.append(name)
 
