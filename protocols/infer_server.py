@@ -99,17 +99,29 @@ class _Waiting:
 
 
 class TensorBatcher:
-    """One runner per tensor expert: calls queue while a pass runs, the next takes them all."""
+    """One runner per tensor expert: calls queue while a pass runs, the next takes them all.
+
+    A call that comes `alone` (no other call to this expert read and waiting) to an idle
+    runner is computed at once in the caller's task, when small: the hand-over to the runner
+    and back costs two or three trips through trio's scheduler, more than a small pass."""
 
     def __init__(self, expert: TensorExpert, limits: ServeLimits) -> None:
         self.expert = expert
         self.limits = limits
         self._queue: list[_Waiting] = []
         self._wake = trio.Event()
+        self._running = False
         self.batches = 0
         self.rows = 0
 
-    async def call(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    async def call(
+        self, rows: npt.NDArray[np.float32], *, alone: bool = False
+    ) -> npt.NDArray[np.float32]:
+        if alone and not self._running and not self._queue and rows.size <= INLINE_CELLS:
+            out = self.expert.forward(rows)
+            self.batches += 1
+            self.rows += len(rows)
+            return out
         if len(self._queue) >= self.limits.queue_per_expert:
             raise Busy(f"expert {self.expert.expert_id[:12]} has {len(self._queue)} calls queued")
         waiting = _Waiting(rows)
@@ -129,6 +141,7 @@ class TensorBatcher:
             # Let every call that is already on its way join this pass: one pass over n rows
             # costs little more than a pass over one.
             await trio.lowlevel.checkpoint()
+            self._running = True
             while self._queue:
                 batch: list[_Waiting] = []
                 rows = 0
@@ -137,6 +150,7 @@ class TensorBatcher:
                     batch.append(item)
                     rows += len(item.rows)
                 await self._run_batch(batch)
+            self._running = False
 
     async def _run_batch(self, batch: list[_Waiting]) -> None:
         stacked = batch[0].rows if len(batch) == 1 else np.concatenate([w.rows for w in batch])
@@ -179,6 +193,7 @@ class ExpertHost:
         self._generators = trio.CapacityLimiter(self.limits.generator_threads)
         self._gen_waiting: Counter[str] = Counter()
         self._inflight: Counter[str] = Counter()
+        self._arrived: Counter[str] = Counter()  # calls read and not yet started, per expert
         self.calls = 0
         self.latency_s: dict[str, float] = {}  # recent compute latency per expert (EWMA)
 
@@ -240,6 +255,7 @@ class ExpertHost:
                         break
                     continue
                 self._inflight[peer] += 1
+                self._arrived[request.expert] += 1
                 nursery.start_soon(self._handle, peer, request, answer, ticket)
         if failure is not None:
             raise failure
@@ -252,8 +268,12 @@ class ExpertHost:
         ticket: object | None = None,
     ) -> None:
         charged = False
+        alone = self._arrived[request.expert] == 1
+        self._arrived[request.expert] -= 1
+        if not self._arrived[request.expert]:
+            del self._arrived[request.expert]
         try:
-            result = await self.call(request)
+            result = await self.call(request, alone=alone)
             if ticket is not None:
                 assert self.gate is not None and not isinstance(result, wire.ErrorResult)
                 result = replace(result, receipt=self.gate.charge(ticket, request, result))
@@ -279,8 +299,9 @@ class ExpertHost:
         except (NetworkError, PeerTimeout) as exc:
             log.debug("could not answer %s: %s", peer, exc)
 
-    async def call(self, request: wire.Request) -> wire.Result:
-        """Run one request against a hosted expert (also used for local calls)."""
+    async def call(self, request: wire.Request, *, alone: bool = False) -> wire.Result:
+        """Run one request against a hosted expert (also used for local calls); `alone`:
+        no other call to the expert is waiting to start (see `TensorBatcher`)."""
         expert = self.experts.get(request.expert)
         if expert is None:
             raise CallError("unknown_expert", f"this node hosts no expert {request.expert[:16]}")
@@ -303,7 +324,7 @@ class ExpertHost:
                     "bad_input", f"at most {expert.manifest.limits.max_batch} rows per call"
                 )
             with trio.move_on_at(deadline) as scope:
-                out = await self._batchers[expert.expert_id].call(rows)
+                out = await self._batchers[expert.expert_id].call(rows, alone=alone)
             if scope.cancelled_caught:
                 raise CallError("deadline", "the deadline passed in the queue")
             result: wire.Result = wire.ArrayResult(

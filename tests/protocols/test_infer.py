@@ -92,6 +92,23 @@ async def test_calls_that_arrive_together_share_one_forward_pass() -> None:
     assert batcher.rows == 30 and batcher.batches <= 3
 
 
+async def test_a_lone_call_is_computed_at_once_without_the_batch_runner() -> None:
+    host = ExpertHost([FFN])  # host.run (the batch runner) is never started here
+    ours, theirs = memory_stream_pair()
+    row = np.random.default_rng(2).standard_normal(64).astype(np.float32)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(host.serve, theirs)
+            framed = FramedStream(ours)
+            for i in range(3):  # one after another, as a sequential caller sends them
+                await framed.send(tensor(i, row).encode())
+                result = wire.decode_result(await framed.receive_required(), peer="p")
+                assert isinstance(result, wire.ArrayResult) and result.id == i
+                np.testing.assert_allclose(result.array(), FFN.forward(row[None]), rtol=1e-5)
+            nursery.cancel_scope.cancel()
+    assert host._batchers[FFN.expert_id].batches == 3
+
+
 async def test_generation_counts_tokens_as_the_expert_does() -> None:
     math = experts.load_generator("mathematics")
     with trio.fail_after(10):

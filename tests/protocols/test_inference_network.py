@@ -32,7 +32,7 @@ def hang(provider: Node) -> trio.Event:
     """Make `provider` take every call and never answer; the event is set at the first."""
     arrived = trio.Event()
 
-    async def call(request: object) -> object:
+    async def call(request: object, **options: object) -> object:
         arrived.set()
         await trio.sleep_forever()
         raise AssertionError("unreachable")
