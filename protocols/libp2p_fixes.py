@@ -19,6 +19,7 @@ from libp2p.pubsub.pubsub import Pubsub
 log = logging.getLogger("swarm.p2p")
 # How long one Noise message may take to go out once it is encrypted (see below).
 NOISE_WRITE_TIMEOUT_S = 10.0
+READ_AHEAD = 64 * 1024  # what one socket read asks for (trio's own default)
 
 
 def install_signed_record_cache() -> None:
@@ -297,3 +298,62 @@ def install_fast_yamux_writes() -> None:
 
     write.swarm_fast = True  # type: ignore[attr-defined]
     stream_cls.write = write  # type: ignore[method-assign]
+
+
+def install_buffered_tcp_reads() -> None:
+    """Read a libp2p TCP connection ahead, as go and rust do, instead of per length prefix.
+
+    py-libp2p 0.8 reads each Noise message with two socket reads (its 2-byte length, then
+    the body), and each read that returns data still yields to the scheduler: two system
+    calls and two trips per message received. Here a read asks the socket for up to
+    `READ_AHEAD` bytes and keeps what it was not asked for; the next reads are served from
+    that, at once, in order (a reader that waited for the lock looks there first). Errors
+    are the library's. Installing twice is harmless.
+    """
+    from libp2p.io.exceptions import ConnectionClosedError
+    from libp2p.io.trio import TrioTCPStream
+
+    if getattr(TrioTCPStream.read, "swarm_buffered", False):
+        return
+    original_init = TrioTCPStream.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        self.swarm_ahead = bytearray()
+
+    def take(ahead: bytearray, n: int | None) -> bytes:
+        if n is None or n >= len(ahead):
+            data = bytes(ahead)
+            ahead.clear()
+        else:
+            data = bytes(ahead[:n])
+            del ahead[:n]
+        return data
+
+    async def read(self: Any, n: int | None = None) -> bytes:
+        ahead: bytearray = self.swarm_ahead
+        if ahead:
+            return take(ahead, n)
+        if n == 0:
+            return b""
+        async with self.read_lock:
+            if ahead:  # read for us while we waited
+                return take(ahead, n)
+            try:
+                data = await self.stream.receive_some(
+                    READ_AHEAD if n is None else max(n, READ_AHEAD)
+                )
+            except trio.BrokenResourceError as error:
+                raise ConnectionClosedError(
+                    f"TCP connection reset by remote peer: {error}", transport="tcp"
+                ) from error
+            except trio.ClosedResourceError:
+                return b""  # closed here: EOF, as the library has it
+        if n is not None and len(data) > n:
+            ahead.extend(memoryview(data)[n:])
+            return bytes(data[:n])
+        return bytes(data)
+
+    read.swarm_buffered = True  # type: ignore[attr-defined]
+    TrioTCPStream.__init__ = init  # type: ignore[method-assign]
+    TrioTCPStream.read = read  # type: ignore[method-assign]

@@ -39,6 +39,7 @@ from protocols.libp2p_fixes import (
     guard_pubsub_streams,
     install_atomic_noise_writes,
     install_batched_yamux_window_updates,
+    install_buffered_tcp_reads,
     install_fast_yamux_writes,
     install_quick_stream_locks,
     install_signed_record_cache,
@@ -175,6 +176,7 @@ class P2PService:
         install_yamux_settings_read_once()
         install_quick_stream_locks()
         install_fast_yamux_writes()
+        install_buffered_tcp_reads()
         host = new_host(
             key_pair=self._key_pair,
             listen_addrs=listen,

@@ -15,6 +15,7 @@ from dag.crypto import Scheme
 from protocols.libp2p_fixes import (
     QuickLock,
     install_atomic_noise_writes,
+    install_buffered_tcp_reads,
     install_yamux_settings_read_once,
 )
 from protocols.stream import Stream
@@ -171,3 +172,43 @@ async def test_writers_of_one_stream_mixing_small_and_large_messages_lose_nothin
             await done.wait()
             await stream.aclose()
     assert bytes(received) == expected
+
+
+async def test_tcp_reads_are_served_ahead_in_order_and_end_at_eof() -> None:
+    from libp2p.io.trio import TrioTCPStream
+
+    install_buffered_tcp_reads()
+    ours, theirs = trio.testing.memory_stream_pair()
+    reader = TrioTCPStream(theirs)  # type: ignore[arg-type]
+    receives = 0
+    original = theirs.receive_some
+
+    async def counted(max_bytes: int | None = None) -> bytes:
+        nonlocal receives
+        receives += 1
+        return await original(max_bytes)
+
+    theirs.receive_some = counted  # type: ignore[method-assign]
+    with trio.fail_after(5):
+        # Three length-prefixed messages in one segment, as Noise sends them back to back.
+        await ours.send_all(b"\x00\x03abc\x00\x02de\x00\x04fghi")
+        got = []
+        for _ in range(3):
+            size = int.from_bytes(await reader.read(2), "big")
+            got.append(await reader.read(size))
+        assert got == [b"abc", b"de", b"fghi"] and receives == 1
+        # Two readers (the library's lock lets one wait): each gets the next bytes in order.
+        results: list[bytes] = []
+
+        async def read_into(n: int) -> None:
+            results.append(await reader.read(n))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_into, 3)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(read_into, 3)
+            await trio.testing.wait_all_tasks_blocked()
+            await ours.send_all(b"123456")
+        assert results == [b"123", b"456"]
+        await ours.aclose()
+        assert await reader.read(10) == b""
