@@ -1,10 +1,13 @@
 """Benchmark: peer-to-peer inference, next to its floor, all in one run.
 
-1. Two nodes on loopback in one process (tests/factory.py); the caller asks for the built-in
-   ffn expert at D=64, batch 1, through the same client API `swarm-node infer` uses, remote
-   only: sequential p50/p99, then calls per second with 16 concurrent callers. The same again
-   (`*_2proc`) with the provider a daemon in its own process, as a real mesh has it. The
-   floor: a plain trio TCP round trip of the same msgpack payload and numpy forward pass.
+1. Two nodes on loopback: the provider a daemon (`swarm-node mesh`), the caller in this
+   process; the caller asks for the built-in ffn expert at D=64, batch 1, through the same
+   client API `swarm-node infer` uses, remote only: sequential p50/p99, then calls per
+   second with 16 concurrent callers. The floor, measured the same way: a plain trio TCP
+   round trip of the same msgpack payload and numpy forward pass, its server in a process of
+   its own. For reference (`*_1proc`), both nodes and both floor ends in one process, one
+   trio loop, as the tests run them (a node is a daemon with a loop of its own; two in one
+   share one core).
 2. A 10-process mesh (`swarm-node mesh`): a node joins, and we time until every node lists
    its offers (announce); then it is killed with SIGKILL and we time until it has left
    every directory (evict).
@@ -55,7 +58,11 @@ async def two_nodes(calls: int, concurrency: int) -> dict[str, float]:
         async with running_nodes(dirs) as (caller, provider):
             await connect_all([caller, provider])
             latencies, rate = await measure_calls(caller, calls, concurrency)
-    return {"p50_ms": pct(latencies, 0.5), "p99_ms": pct(latencies, 0.99), "calls_per_s": rate}
+    return {
+        "p50_ms_1proc": pct(latencies, 0.5),
+        "p99_ms_1proc": pct(latencies, 0.99),
+        "calls_per_s_1proc": rate,
+    }
 
 
 async def measure_calls(caller: Node, calls: int, concurrency: int) -> tuple[list[float], float]:
@@ -85,7 +92,7 @@ async def measure_calls(caller: Node, calls: int, concurrency: int) -> tuple[lis
 
 
 async def two_processes(calls: int, concurrency: int) -> dict[str, float]:
-    """The same calls with the provider a daemon in its own process (its own core)."""
+    """The calls with the provider a daemon in its own process (its own loop, its own core)."""
     with tempfile.TemporaryDirectory() as tmp:
         mesh = Path(tmp) / "mesh"
         cli("mesh", "--nodes", "1", "--dir", str(mesh), "--detach", "--free")
@@ -103,47 +110,66 @@ async def two_processes(calls: int, concurrency: int) -> dict[str, float]:
                 capture_output=True,
                 check=False,
             )
-    return {
-        "p50_ms_2proc": pct(latencies, 0.5),
-        "p99_ms_2proc": pct(latencies, 0.99),
-        "calls_per_s_2proc": rate,
-    }
+    return {"p50_ms": pct(latencies, 0.5), "p99_ms": pct(latencies, 0.99), "calls_per_s": rate}
 
 
-async def floor(calls: int) -> float:
-    """A plain trio TCP round trip: msgpack in, the same ffn pass, msgpack out."""
+async def floor_serve(stream: trio.SocketStream) -> None:
+    """The floor's server: msgpack in, the ffn pass, msgpack out."""
     ffn = experts.build_ffn(FFN_DIM, seed=FFN_SEED)
-    rows = np.random.default_rng(0).standard_normal((1, FFN_DIM)).astype(np.float32)
+    decoder = FrameDecoder()
+    while data := await stream.receive_some(65536):
+        decoder.feed(data)
+        while (payload := decoder.next_frame()) is not None:
+            body = msgpack.unpackb(payload)
+            x = np.frombuffer(body["data"], dtype="<f4").reshape(body["rows"], body["cols"])
+            out = ffn.forward(x).astype("<f4").tobytes()
+            reply = msgpack.packb({"t": "array", "id": body["id"], "data": out})
+            await stream.send_all(HEADER.pack(len(reply)) + reply)
 
-    async def serve(stream: trio.SocketStream) -> None:
-        decoder = FrameDecoder()
-        while data := await stream.receive_some(65536):
-            decoder.feed(data)
-            while (payload := decoder.next_frame()) is not None:
-                body = msgpack.unpackb(payload)
-                x = np.frombuffer(body["data"], dtype="<f4").reshape(body["rows"], body["cols"])
-                out = ffn.forward(x).astype("<f4").tobytes()
-                reply = msgpack.packb({"t": "array", "id": body["id"], "data": out})
-                await stream.send_all(HEADER.pack(len(reply)) + reply)
 
-    latencies = []
+async def floor_server() -> None:
+    """`--floor-server`: serve the floor on a free port, print it, run until killed."""
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
-        port = listeners[0].socket.getsockname()[1]
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        decoder = FrameDecoder()
-        for i in range(calls + 1):
-            start = time.perf_counter()
-            body = msgpack.packb(
-                {"t": "tensor", "id": i, "rows": 1, "cols": FFN_DIM, "data": rows.tobytes()}
-            )
-            await stream.send_all(HEADER.pack(len(body)) + body)
-            while decoder.next_frame() is None:
-                decoder.feed(await stream.receive_some(65536))
-            if i:
-                latencies.append((time.perf_counter() - start) * 1000)
-        await stream.aclose()
+        listeners = await nursery.start(partial(trio.serve_tcp, floor_serve, 0, host="127.0.0.1"))
+        print(listeners[0].socket.getsockname()[1], flush=True)
+
+
+async def floor(calls: int, own_process: bool) -> float:
+    """A plain trio TCP round trip to `floor_serve`, in a process of its own or in ours."""
+    if own_process:
+        server = subprocess.Popen(
+            [sys.executable, __file__, "--floor-server"], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert server.stdout is not None
+            port = int(await trio.to_thread.run_sync(server.stdout.readline))
+            return await floor_calls(port, calls)
+        finally:
+            server.kill()
+            server.wait()
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, floor_serve, 0, host="127.0.0.1"))
+        p50 = await floor_calls(listeners[0].socket.getsockname()[1], calls)
         nursery.cancel_scope.cancel()
+    return p50
+
+
+async def floor_calls(port: int, calls: int) -> float:
+    rows = np.random.default_rng(0).standard_normal((1, FFN_DIM)).astype(np.float32)
+    latencies = []
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    decoder = FrameDecoder()
+    for i in range(calls + 1):
+        start = time.perf_counter()
+        body = msgpack.packb(
+            {"t": "tensor", "id": i, "rows": 1, "cols": FFN_DIM, "data": rows.tobytes()}
+        )
+        await stream.send_all(HEADER.pack(len(body)) + body)
+        while decoder.next_frame() is None:
+            decoder.feed(await stream.receive_some(65536))
+        if i:
+            latencies.append((time.perf_counter() - start) * 1000)
+    await stream.aclose()
     return pct(latencies, 0.5)
 
 
@@ -270,14 +296,21 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--mesh-nodes", type=int, default=10)
+    parser.add_argument("--floor-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    result: dict[str, Any] = trio.run(two_nodes, args.calls, args.concurrency)
-    result.update(trio.run(two_processes, args.calls, args.concurrency))
-    floor_p50 = trio.run(floor, args.calls)
+    if args.floor_server:
+        trio.run(floor_server)
+        return
+    result: dict[str, Any] = trio.run(two_processes, args.calls, args.concurrency)
+    floor_p50 = trio.run(floor, args.calls, True)
+    result.update(trio.run(two_nodes, args.calls, args.concurrency))
+    floor_p50_1proc = trio.run(floor, args.calls, False)
     result.update(
         concurrency=args.concurrency,
         floor_p50_ms=floor_p50,
         ratio_to_floor=result["p50_ms"] / floor_p50,
+        floor_p50_ms_1proc=floor_p50_1proc,
+        ratio_to_floor_1proc=result["p50_ms_1proc"] / floor_p50_1proc,
     )
     result.update(mesh_announce_evict(args.mesh_nodes))
     result.update(infer32(50))
