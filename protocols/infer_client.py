@@ -18,6 +18,7 @@ from dag.errors import RemoteProtocolError, SwarmError
 from protocols import ids
 from protocols import infer_wire as wire
 from protocols.errors import NetworkError
+from protocols.libp2p_fixes import QuickLock
 from protocols.stream import FramedStream, Stream
 
 log = logging.getLogger("swarm.infer")
@@ -50,10 +51,12 @@ class InferChannel:
         self._nursery = nursery
         self._framed: FramedStream | None = None
         self._open_lock = trio.Lock()
-        self._send_lock = trio.Lock()
+        self._send_lock = QuickLock()  # taken at once when free: once per call
         self._pending: dict[int, _Pending] = {}
 
     async def _stream(self) -> FramedStream:
+        if self._framed is not None:
+            return self._framed  # the common case: no lock, no trip through the scheduler
         async with self._open_lock:
             if self._framed is None:
                 framed = FramedStream(await self._open(self.peer, ids.INFER), wire.MAX_FRAME)

@@ -30,6 +30,7 @@ from experts import GeneratorExpert, TensorExpert
 from experts.errors import ExpertInputError
 from protocols import infer_wire as wire
 from protocols.errors import NetworkError, PeerTimeout
+from protocols.libp2p_fixes import QuickLock
 from protocols.stream import FramedStream, Stream
 
 if TYPE_CHECKING:
@@ -210,7 +211,7 @@ class ExpertHost:
     async def serve(self, stream: Stream) -> None:
         """Answer calls on one stream until the peer closes it."""
         framed = FramedStream(stream, wire.MAX_FRAME)
-        send_lock = trio.Lock()
+        send_lock = QuickLock()  # taken at once when free: once per answer
         peer = stream.remote_peer
 
         async def answer(result: wire.Result) -> None:
