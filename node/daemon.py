@@ -150,7 +150,9 @@ def build_node(config: NodeConfig, *, wall_clock: Callable[[], float] = time.tim
         ),
     )
     host = ExpertHost(load_hosted(config.experts))
-    market_store = MarketStore.open(config.data_dir / MARKET_STORE)
+    market_store = MarketStore.open(
+        config.data_dir / MARKET_STORE, now_ms=lambda: int(wall_clock() * 1000)
+    )
     account_of = _account_of(peers)
     floor = config.experts.price_per_1k
     till = Till(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,10 @@ CREATE INDEX IF NOT EXISTS receipts_day ON receipts (at_ms);
 -- A channel's total is its receipts' largest: read here, not by a scan of them.
 CREATE INDEX IF NOT EXISTS receipts_total ON receipts (channel, charged_milli);
 """
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class MarketStoreError(SwarmError):
@@ -123,13 +128,18 @@ def _row(r: tuple[Any, ...]) -> ChannelRow:
 
 
 class MarketStore:
-    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+    """`now_ms` stamps rows and tells the day (usage per day, day limits): the node's clock."""
+
+    def __init__(
+        self, conn: sqlite3.Connection, path: str, now_ms: Callable[[], int] = _wall_ms
+    ) -> None:
         self._conn = conn
         self.path = path
+        self._now_ms = now_ms
         self._checkpointer: sqlite3.Connection | None = None
 
     @classmethod
-    def open(cls, path: str | Path) -> MarketStore:
+    def open(cls, path: str | Path, now_ms: Callable[[], int] = _wall_ms) -> MarketStore:
         where = str(path)
         try:
             conn = sqlite3.connect(where, isolation_level=None, check_same_thread=False)
@@ -147,7 +157,7 @@ class MarketStore:
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise MarketStoreError(f"market store {where} is damaged: {exc}") from None
-        return cls(conn, where)
+        return cls(conn, where, now_ms)
 
     def close(self) -> None:
         if self._checkpointer is not None:
@@ -188,7 +198,7 @@ class MarketStore:
                 row.iou_key,
                 row.state,
                 row.end_tx,
-                _now_ms(),
+                self._now_ms(),
             ),
         )
 
@@ -214,7 +224,7 @@ class MarketStore:
         self._conn.execute(
             "UPDATE channels SET state = ?, end_tx = COALESCE(?, end_tx), updated_ms = ? "
             "WHERE id = ?",
-            (state, end_tx, _now_ms(), channel_id),
+            (state, end_tx, self._now_ms(), channel_id),
         )
 
     # -- receipts -------------------------------------------------------------------------
@@ -225,23 +235,23 @@ class MarketStore:
         channel's total, seq and newest IOU are read back from these rows."""
         self._conn.execute(
             f"INSERT OR REPLACE INTO receipts VALUES ({_RECEIPT_SLOTS})",
-            _receipt_row("provider", peer, client, receipt, "", iou),
+            _receipt_row("provider", peer, client, receipt, "", iou, self._now_ms()),
         )
 
     def record_many(self, items: list[tuple[str, bytes, Any, int, str]]) -> None:
         """A client's checked receipts, (peer, counterpart, receipt, our total, dispute), in
         one transaction, each with its channel's new total by our own count."""
-        c = self._conn
+        c, now = self._conn, self._now_ms()
         c.execute("BEGIN IMMEDIATE")
         try:
             c.executemany(
                 f"INSERT OR REPLACE INTO receipts VALUES ({_RECEIPT_SLOTS})",
-                [_receipt_row("client", p, cp, r, d, None) for p, cp, r, _, d in items],
+                [_receipt_row("client", p, cp, r, d, None, now) for p, cp, r, _, d in items],
             )
             c.executemany(
                 "UPDATE channels SET charged_milli = MAX(charged_milli, ?), seq = MAX(seq, ?), "
                 "updated_ms = ? WHERE id = ?",
-                [(total, r.seq, _now_ms(), r.channel_id) for _, _, r, total, _ in items],
+                [(total, r.seq, now, r.channel_id) for _, _, r, total, _ in items],
             )
             c.execute("COMMIT")
         except BaseException:
@@ -284,7 +294,7 @@ class MarketStore:
 
     def usage(self, days: int = 30) -> list[dict[str, Any]]:
         """Tokens and credits per day, role (used or earned), expert and peer."""
-        since = _now_ms() - days * 86_400_000
+        since = self._now_ms() - days * 86_400_000
         rows = self._conn.execute(
             "SELECT date(at_ms / 1000, 'unixepoch') AS day, role, expert, counterpart, "
             "COUNT(*), SUM(tokens_in), SUM(tokens_out), SUM(cost_milli) FROM receipts "
@@ -307,7 +317,7 @@ class MarketStore:
 
     def tokens_today(self, role: str, counterpart: bytes | None = None) -> int:
         """Tokens served (provider) or used (client) since midnight UTC, for the day limits."""
-        start = _now_ms() // 86_400_000 * 86_400_000
+        start = self._now_ms() // 86_400_000 * 86_400_000
         sql = "SELECT COALESCE(SUM(tokens_in + tokens_out), 0) FROM receipts "
         sql += "WHERE role = ? AND at_ms >= ?"
         args: list[Any] = [role, start]
@@ -336,7 +346,13 @@ class MarketStore:
 
 
 def _receipt_row(
-    role: str, peer: str, counterpart: bytes, receipt: Any, disputed: str, iou: bytes | None
+    role: str,
+    peer: str,
+    counterpart: bytes,
+    receipt: Any,
+    disputed: str,
+    iou: bytes | None,
+    at_ms: int,
 ) -> tuple[Any, ...]:
     return (
         receipt.channel_id,
@@ -351,11 +367,7 @@ def _receipt_row(
         receipt.cost_milli,
         receipt.charged_milli,
         encode(receipt.to_wire()),
-        _now_ms(),
+        at_ms,
         disputed,
         iou,
     )
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

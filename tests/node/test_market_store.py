@@ -73,3 +73,15 @@ def test_a_channels_totals_are_read_without_scanning_its_receipts(tmp_path: Path
     assert cost[5_000] < 2 * cost[10], cost
     conn.close()
     store.close()
+
+
+def test_days_are_told_by_the_nodes_clock(tmp_path: Path) -> None:
+    now = [5 * 86_400_000 + 3_600_000]  # an hour into day 5, by the node's clock
+    store = MarketStore.open(tmp_path / "market.sqlite", now_ms=lambda: now[0])
+    store.record_served("peer", b"c" * 32, receipt(1), b"iou")
+    assert store.tokens_today("provider") == 2
+    (day,) = store.usage(days=10_000)
+    assert day["day"] == "1970-01-06"
+    now[0] += 86_400_000  # the next day: the day limits start again
+    assert store.tokens_today("provider") == 0
+    store.close()
