@@ -13,6 +13,7 @@ from typing import Any
 import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
+from libp2p.io.abc import Reader
 from libp2p.peer.id import ID
 from libp2p.pubsub.pubsub import Pubsub
 
@@ -357,3 +358,50 @@ def install_buffered_tcp_reads() -> None:
     read.swarm_buffered = True  # type: ignore[attr-defined]
     TrioTCPStream.__init__ = init  # type: ignore[method-assign]
     TrioTCPStream.read = read  # type: ignore[method-assign]
+
+
+class _CountingReader(Reader):
+    """A stream whose reads are passed through and counted, to tell where it ended."""
+
+    def __init__(self, stream: Reader) -> None:
+        self.stream = stream
+        self.received = 0
+
+    async def read(self, n: int | None = None) -> bytes:
+        data = await self.stream.read(n)
+        self.received += len(data)
+        return data
+
+
+def install_clean_dht_stream_ends() -> None:
+    """Let py-libp2p's Kademlia server take a peer's normal end of a stream as one.
+
+    A DHT client sends its request, reads the answer and closes the stream; the server's
+    handler is then waiting for a next message. py-libp2p 0.8's handler expects that end as
+    an empty read (`IncompleteReadError` with nothing received: a debug line and a close),
+    but its streams raise `StreamEOF` there, so every DHT request ended with the warning
+    "Failed to read DHT message from stream: " (the error has no text) and a reset of a
+    stream that had ended well. Here an end before the first byte of a message reaches the
+    handler as it expects; an end inside a message, a reset or any other error still gets
+    its warning and reset. Only the server's read is replaced: a client missing its answer
+    has a real error. Installing twice is harmless.
+    """
+    from libp2p.io.exceptions import IncompleteReadError
+    from libp2p.kad_dht import kad_dht
+    from libp2p.network.stream.exceptions import StreamEOF
+
+    original = kad_dht.read_varint_prefixed_bytes_limited  # type: ignore[attr-defined]
+    if getattr(original, "swarm_clean_eof", False):
+        return
+
+    async def read_message(reader: Reader, max_length: int) -> bytes:
+        counted = _CountingReader(reader)
+        try:
+            return await original(counted, max_length)
+        except StreamEOF as exc:
+            if counted.received:
+                raise
+            raise IncompleteReadError("the peer ended the stream", received_bytes=0) from exc
+
+    read_message.swarm_clean_eof = True  # type: ignore[attr-defined]
+    kad_dht.read_varint_prefixed_bytes_limited = read_message  # type: ignore[attr-defined]

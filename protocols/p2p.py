@@ -40,6 +40,7 @@ from protocols.libp2p_fixes import (
     install_atomic_noise_writes,
     install_batched_yamux_window_updates,
     install_buffered_tcp_reads,
+    install_clean_dht_stream_ends,
     install_fast_yamux_writes,
     install_quick_stream_locks,
     install_signed_record_cache,
@@ -177,6 +178,7 @@ class P2PService:
         install_quick_stream_locks()
         install_fast_yamux_writes()
         install_buffered_tcp_reads()
+        install_clean_dht_stream_ends()
         host = new_host(
             key_pair=self._key_pair,
             listen_addrs=listen,

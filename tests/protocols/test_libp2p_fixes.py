@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from protocols.libp2p_fixes import (
     QuickLock,
     install_atomic_noise_writes,
     install_buffered_tcp_reads,
+    install_clean_dht_stream_ends,
     install_yamux_settings_read_once,
 )
 from protocols.stream import Stream
@@ -212,3 +214,69 @@ async def test_tcp_reads_are_served_ahead_in_order_and_end_at_eof() -> None:
         assert results == [b"123", b"456"]
         await ours.aclose()
         assert await reader.read(10) == b""
+
+
+class DhtEnds(logging.Handler):
+    """Notes how py-libp2p's Kademlia server ended its inbound streams."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.ends: list[str] = []
+        self.ended = trio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith(("Stream closed (EOF)", "Failed to read DHT message")):
+            self.ends.append(message)
+            self.ended.set()
+
+
+async def test_a_dht_request_ends_its_stream_without_a_warning(tmp_path: Path) -> None:
+    logger = logging.getLogger("libp2p.kad_dht.kad_dht")
+    ends = DhtEnds()
+    logger.addHandler(ends)
+    logger.setLevel(logging.DEBUG)  # the library's clean end is a debug line
+    try:
+        with trio.fail_after(60):
+            async with swarm(tmp_path, 2, scheme=Scheme.ED25519) as (a, b):
+                assert b.p2p.dht is not None
+                # b asks a, reads the answer and closes: a's handler reads the end.
+                await b.p2p.dht.peer_routing.find_closest_peers_network(bytes(32))
+                await ends.ended.wait()
+    finally:
+        logger.removeHandler(ends)
+        logger.setLevel(logging.NOTSET)
+    assert ends.ends and all(end.startswith("Stream closed (EOF)") for end in ends.ends)
+
+
+class EndingStream:
+    """A stream that gives `data` a byte at a time, then ends as py-libp2p's do."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def read(self, n: int | None = None) -> bytes:
+        from libp2p.network.stream.exceptions import StreamEOF
+
+        if not self.data:
+            raise StreamEOF()
+        byte, self.data = self.data[:1], self.data[1:]
+        return byte
+
+
+async def test_a_dht_stream_that_ends_inside_a_message_is_still_an_error() -> None:
+    from libp2p.io.exceptions import IncompleteReadError
+    from libp2p.kad_dht import kad_dht
+    from libp2p.network.stream.exceptions import StreamEOF
+
+    install_clean_dht_stream_ends()
+    install_clean_dht_stream_ends()
+    read = kad_dht.read_varint_prefixed_bytes_limited
+    with trio.fail_after(5):
+        assert await read(EndingStream(b"\x02hi"), 100) == b"hi"
+        with pytest.raises(IncompleteReadError) as clean:
+            await read(EndingStream(b""), 100)
+        assert clean.value.received_bytes == 0  # the library's clean end: close, no warning
+        for cut in (b"\x85", b"\x05ab"):  # inside the length prefix, inside the body
+            with pytest.raises(StreamEOF):
+                await read(EndingStream(cut), 100)
