@@ -144,19 +144,43 @@ async def serve_push(stream: Stream, ingest: Callable[[bytes, str], Awaitable[ob
 
 
 class RateLimit:
-    """A token bucket per peer: how many vertices one peer may ask of us per second."""
+    """A token bucket per peer: how many vertices one peer may ask of us per second.
+
+    Only peers whose bucket is still refilling are held: a full bucket is what a peer never
+    seen gets, so forgetting it changes no answer (and, unlike forgetting a peer when it
+    disconnects, gives no fresh bucket to one that reconnects). Full buckets are swept when
+    the map has doubled since the last sweep, so it stays within twice the peers that asked
+    in the last `burst / rate` seconds (or `SWEEP_MIN`).
+    """
+
+    SWEEP_MIN = 64
 
     def __init__(self, rate: float, burst: float) -> None:
         self.rate = rate
         self.burst = burst
         self._buckets: dict[str, tuple[float, float]] = {}
+        self._sweep_at = self.SWEEP_MIN
+
+    def __len__(self) -> int:
+        """How many peers a bucket is held for."""
+        return len(self._buckets)
 
     def take(self, peer: str, amount: float, now: float) -> bool:
         tokens, last = self._buckets.get(peer, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
         ok = tokens >= amount
         self._buckets[peer] = (tokens - amount if ok else tokens, now)
+        if len(self._buckets) > self._sweep_at:
+            self._forget_full(now)
         return ok
+
+    def _forget_full(self, now: float) -> None:
+        self._buckets = {
+            peer: (tokens, last)
+            for peer, (tokens, last) in self._buckets.items()
+            if tokens + (now - last) * self.rate < self.burst
+        }
+        self._sweep_at = max(self.SWEEP_MIN, 2 * len(self._buckets))
 
 
 async def serve_sync(

@@ -1,4 +1,5 @@
-"""The DAG's carriers without sockets: the per-peer outbox, and push over a fake stream."""
+"""The DAG's carriers without sockets: the per-peer outbox, push over a fake stream, and the
+sync rate limit."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import trio.testing
 
 from dag.errors import RemoteProtocolError
 from protocols import dag_wire as wire
-from protocols.dag_sync import Outbox, PushChannel, serve_push
+from protocols.dag_sync import Outbox, PushChannel, RateLimit, serve_push
 from protocols.stream import FramedStream, Stream, memory_stream_pair
 
 
@@ -83,3 +84,18 @@ async def test_a_push_stream_refuses_anything_but_vertices() -> None:
         await FramedStream(ours).send(wire.Query((b"x" * 32,)).encode())
         with pytest.raises(RemoteProtocolError, match="expected Vertices"):
             await serve_push(theirs, ingest)
+
+
+def test_the_rate_limit_forgets_peers_once_their_bucket_has_refilled() -> None:
+    limit = RateLimit(rate=10.0, burst=20.0)
+    for i in range(1000):  # a stream of peers, one a second, each asking once
+        assert limit.take(f"p{i}", 5, float(i))
+    assert len(limit) <= RateLimit.SWEEP_MIN + 1  # not one bucket per peer ever seen
+    # A peer that drained its bucket is held until it refills, however many others ask.
+    now = 1000.0
+    assert limit.take("greedy", 20, now)
+    for i in range(1000):
+        assert limit.take(f"q{i}", 5, now)
+    assert not limit.take("greedy", 1, now)
+    assert limit.take("greedy", 10, now + 1.0)  # refilled at its rate, no faster
+    assert not limit.take("greedy", 1, now + 1.0)
