@@ -88,7 +88,7 @@ class DagService:
         self._seen: dict[bytes, float] = {}  # vertex id -> when we first held it
         self._added = trio.Event()  # pulsed whenever a vertex is added
         self._queries: dict[bytes, Outbox[tuple[int, bytes]]] = {}  # by account
-        self._channels: dict[str, QueryChannel] = {}
+        self._channels: dict[str, QueryChannel] = {}  # by peer id, while it is connected
         validators = {  # hex, as the peer table keeps accounts
             a.account.hex()
             for a in engine.genesis.accounts
@@ -134,6 +134,10 @@ class DagService:
         def joined(peer: str) -> None:
             nursery.start_soon(self.intake.sync_from, peer)
 
+        def left(peer: str) -> None:
+            # Its stream went with the connection; a member that comes back gets a new one.
+            self._channels.pop(peer, None)
+
         async with trio.open_nursery() as nursery:
             self._nursery = self.intake.nursery = self.announcer.nursery = nursery
             nursery.start_soon(self._gossip_reader, subscription)
@@ -141,7 +145,7 @@ class DagService:
             nursery.start_soon(self.wallet.run_builder)
             for entry in self.p2p.peers.connected_members():
                 nursery.start_soon(self.intake.sync_from, entry.peer_id)
-            with self.p2p.member_events(joined=joined):
+            with self.p2p.member_events(joined=joined, left=left):
                 task_status.started(self)
                 try:
                     await trio.sleep_forever()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from dag.crypto import Signature
+from dag.crypto import Scheme, Signature
 from dag.vertex import Vertex
 from node.daemon import Node
 from protocols.dag_service import InsufficientCredits
@@ -79,6 +79,21 @@ async def test_late_joiner_and_restarted_node_reach_the_same_balances(tmp_path: 
             assert await all_applied(a2, sent)
             # and its wallet continues after its last nonce, not over it
             assert (await a2.dag.balance(a2.keys.account.account_id))["next_nonce"] == 5
+
+
+async def test_a_peer_that_leaves_takes_its_query_stream_along(tmp_path: Path) -> None:
+    # A node holds a query stream per validator it polls; one per peer ever seen would grow
+    # without end on a long-lived node whose peers come and go.
+    dirs = make_node_dirs(tmp_path, 2, scheme=Scheme.ED25519)
+    with trio.fail_after(60):
+        async with running_nodes(dirs[:1]) as (a,):
+            async with running_nodes(dirs[1:]) as (b,):
+                await connect_all([a, b])
+                tx_id = await a.dag.transfer(b.keys.account.account_id, 5)
+                assert await a.dag.wait_decided(tx_id, 30) == "applied"
+                assert b.peer_id in a.dag._channels  # a asked b for its votes
+            await a.peers.wait_disconnected(b.peer_id)
+            assert b.peer_id not in a.dag._channels
 
 
 async def test_invalid_vertex_from_a_peer_is_rejected_and_stored_nowhere(tmp_path: Path) -> None:
