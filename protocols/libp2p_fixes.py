@@ -405,3 +405,104 @@ def install_clean_dht_stream_ends() -> None:
 
     read_message.swarm_clean_eof = True  # type: ignore[attr-defined]
     kad_dht.read_varint_prefixed_bytes_limited = read_message  # type: ignore[attr-defined]
+
+
+async def _read_exactly(reader: Reader, n: int, retry_count: int = 100) -> bytes:
+    """py-libp2p's `read_exactly` without its copy into a new buffer when one read is enough
+    (the common case: the reader serves from what it has already)."""
+    from libp2p.io.exceptions import IncompleteReadError
+
+    data = await reader.read(n)
+    if len(data) == n:
+        return data
+    buffer = bytearray(data)
+    for _ in range(retry_count):
+        if len(buffer) >= n:
+            return bytes(buffer)
+        buffer.extend(await reader.read(n - len(buffer)))
+    if len(buffer) >= n:
+        return bytes(buffer)
+    raise IncompleteReadError(
+        f"Connection closed during read operation: expected {n} bytes but "
+        f"received {len(buffer)} bytes",
+        expected_bytes=n,
+        received_bytes=len(buffer),
+    )
+
+
+def install_lean_secure_reads() -> None:
+    """Read Noise messages and the Yamux frames inside them with fewer layers and copies.
+
+    py-libp2p 0.8 reads each Yamux header and body through `read_exactly` (a fresh buffer and
+    a copy, even when one read returns it all), a session buffer kept in a `BytesIO` read
+    through memoryviews, and a Noise reader that formats three debug lines per message and
+    goes through two more message-reader layers for its 2-byte length. Here: one read when
+    one is enough, a session buffer that is the decrypted message and an offset into it, and
+    the Noise length and body read straight from the raw connection. What is read, in what
+    order, and the errors raised are the library's. Installing twice is harmless.
+    """
+    from libp2p.io import msgio
+    from libp2p.io.exceptions import ConnectionClosedError
+    from libp2p.security.noise.io import NoiseTransportReadWriter
+    from libp2p.security.secure_session import SecureSession
+    from libp2p.stream_muxer.yamux import yamux
+
+    if getattr(SecureSession.read, "swarm_lean", False):
+        return
+    yamux.read_exactly = _read_exactly  # type: ignore[attr-defined]
+    msgio.read_exactly = _read_exactly  # type: ignore[attr-defined]
+
+    library_read_msg = NoiseTransportReadWriter.read_msg
+
+    async def read_msg(self: Any, prefix_encoded: bool = False) -> bytes:
+        if prefix_encoded:
+            return await library_read_msg(self, prefix_encoded)
+        raw = self.read_writer.read_write_closer
+        size = int.from_bytes(await _read_exactly(raw, 2), "big")
+        return self.decrypt(await _read_exactly(raw, size))  # type: ignore[no-any-return]
+
+    original_init = SecureSession.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        self.swarm_data = b""  # the decrypted message being read, from swarm_at on
+        self.swarm_at = 0
+
+    async def read(self: Any, n: int | None = None) -> bytes:
+        data: bytes = self.swarm_data
+        at: int = self.swarm_at
+        have = len(data) - at
+        if n is None:
+            if have:
+                self.swarm_data, self.swarm_at = b"", 0
+                return data[at:] if at else data
+            msg = await self.conn.read_msg()
+            if msg == b"":
+                raise ConnectionClosedError("Connection closed")
+            return msg  # type: ignore[no-any-return]
+        if n == 0:
+            return b""
+        if have >= n:
+            self.swarm_at = at + n
+            return data[at : at + n]
+        parts = [data[at:]] if have else []
+        self.swarm_data, self.swarm_at = b"", 0
+        while have < n:
+            msg = await self.conn.read_msg()
+            if msg == b"":
+                # Closed after a partial read: what was assembled, as the library returns.
+                if parts:
+                    return b"".join(parts)
+                raise ConnectionClosedError("Connection closed")
+            need = n - have
+            if len(msg) > need:
+                self.swarm_data, self.swarm_at = msg, need
+                msg = msg[:need]
+            parts.append(msg)
+            have += len(msg)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    read.swarm_lean = True  # type: ignore[attr-defined]
+    NoiseTransportReadWriter.read_msg = read_msg  # type: ignore[method-assign]
+    SecureSession.__init__ = init  # type: ignore[method-assign]
+    SecureSession.read = read  # type: ignore[method-assign]

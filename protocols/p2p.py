@@ -42,6 +42,7 @@ from protocols.libp2p_fixes import (
     install_buffered_tcp_reads,
     install_clean_dht_stream_ends,
     install_fast_yamux_writes,
+    install_lean_secure_reads,
     install_quick_stream_locks,
     install_signed_record_cache,
     install_yamux_settings_read_once,
@@ -178,6 +179,7 @@ class P2PService:
         install_quick_stream_locks()
         install_fast_yamux_writes()
         install_buffered_tcp_reads()
+        install_lean_secure_reads()
         install_clean_dht_stream_ends()
         host = new_host(
             key_pair=self._key_pair,

@@ -18,6 +18,7 @@ from protocols.libp2p_fixes import (
     install_atomic_noise_writes,
     install_buffered_tcp_reads,
     install_clean_dht_stream_ends,
+    install_lean_secure_reads,
     install_yamux_settings_read_once,
 )
 from protocols.stream import Stream
@@ -280,3 +281,36 @@ async def test_a_dht_stream_that_ends_inside_a_message_is_still_an_error() -> No
         for cut in (b"\x85", b"\x05ab"):  # inside the length prefix, inside the body
             with pytest.raises(StreamEOF):
                 await read(EndingStream(cut), 100)
+
+
+class Messages:
+    """Stands for the Noise reader under a secure session: one decrypted message a read."""
+
+    def __init__(self, *messages: bytes) -> None:
+        self.messages = list(messages)
+
+    async def read_msg(self) -> bytes:
+        await trio.lowlevel.checkpoint()
+        return self.messages.pop(0) if self.messages else b""
+
+
+async def test_secure_session_reads_cross_messages_in_order_and_end_as_the_library_does() -> None:
+    from libp2p.io.exceptions import ConnectionClosedError
+    from libp2p.security.secure_session import SecureSession
+
+    install_lean_secure_reads()
+    session = SecureSession.__new__(SecureSession)
+    session.swarm_data, session.swarm_at = b"", 0
+    # Yamux frames as they come: several in one message, one split across two.
+    session.conn = Messages(b"HEADERbodyHEAD", b"ER2b", b"ody2tail")  # type: ignore[assignment]
+    with trio.fail_after(5):
+        got = [await session.read(n) for n in (6, 4, 7, 5)]
+        assert got == [b"HEADER", b"body", b"HEADER2", b"body2"]
+        assert await session.read() == b"tail"  # n=None: what is buffered, at once
+        # the peer closes after part of a read: the part, then the library's error
+        session.conn = Messages(b"ab")  # type: ignore[assignment]
+        assert await session.read(5) == b"ab"
+        with pytest.raises(ConnectionClosedError):
+            await session.read(1)
+        with pytest.raises(ConnectionClosedError):
+            await session.read()
