@@ -18,7 +18,7 @@ from dag.errors import RemoteProtocolError, SwarmError
 from protocols import ids
 from protocols import infer_wire as wire
 from protocols.errors import NetworkError
-from protocols.libp2p_fixes import QuickLock
+from protocols.libp2p_fast import QuickLock
 from protocols.stream import FramedStream, Stream
 
 log = logging.getLogger("swarm.infer")

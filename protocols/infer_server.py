@@ -30,7 +30,7 @@ from experts import GeneratorExpert, TensorExpert
 from experts.errors import ExpertInputError
 from protocols import infer_wire as wire
 from protocols.errors import NetworkError, PeerTimeout
-from protocols.libp2p_fixes import QuickLock
+from protocols.libp2p_fast import QuickLock
 from protocols.stream import FramedStream, Stream
 
 if TYPE_CHECKING:

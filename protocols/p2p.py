@@ -35,17 +35,19 @@ from dag.errors import RemoteProtocolError, SwarmError
 from protocols import ids
 from protocols.errors import NetworkError, PeerRefused, PeerTimeout, map_libp2p_errors
 from protocols.hello import MAX_KNOWN, Hello, initiate_hello, serve_hello
-from protocols.libp2p_fixes import (
-    guard_pubsub_streams,
-    install_atomic_noise_writes,
+from protocols.libp2p_fast import (
     install_batched_yamux_window_updates,
     install_buffered_tcp_reads,
-    install_clean_dht_stream_ends,
     install_fast_yamux_writes,
     install_lean_secure_reads,
     install_quick_stream_locks,
-    install_signed_record_cache,
     install_yamux_settings_read_once,
+)
+from protocols.libp2p_fixes import (
+    guard_pubsub_streams,
+    install_atomic_noise_writes,
+    install_clean_dht_stream_ends,
+    install_signed_record_cache,
 )
 from protocols.peers import PeerEntry, PeerTable
 from protocols.stream import Libp2pStream, Stream

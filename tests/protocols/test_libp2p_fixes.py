@@ -1,4 +1,4 @@
-"""The py-libp2p workarounds, each on the behaviour it fixes."""
+"""The py-libp2p workarounds and speed-ups, each on the behaviour it keeps or fixes."""
 
 from __future__ import annotations
 
@@ -13,14 +13,13 @@ from libp2p.security.noise.io import NoiseTransportReadWriter
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
 from dag.crypto import Scheme
-from protocols.libp2p_fixes import (
+from protocols.libp2p_fast import (
     QuickLock,
-    install_atomic_noise_writes,
     install_buffered_tcp_reads,
-    install_clean_dht_stream_ends,
     install_lean_secure_reads,
     install_yamux_settings_read_once,
 )
+from protocols.libp2p_fixes import install_atomic_noise_writes, install_clean_dht_stream_ends
 from protocols.stream import Stream
 from tests.factory import swarm
 
