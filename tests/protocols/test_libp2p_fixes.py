@@ -235,6 +235,7 @@ async def test_a_dht_request_ends_its_stream_without_a_warning(tmp_path: Path) -
     logger = logging.getLogger("libp2p.kad_dht.kad_dht")
     ends = DhtEnds()
     logger.addHandler(ends)
+    level = logger.level
     logger.setLevel(logging.DEBUG)  # the library's clean end is a debug line
     try:
         with trio.fail_after(60):
@@ -245,7 +246,7 @@ async def test_a_dht_request_ends_its_stream_without_a_warning(tmp_path: Path) -
                 await ends.ended.wait()
     finally:
         logger.removeHandler(ends)
-        logger.setLevel(logging.NOTSET)
+        logger.setLevel(level)
     assert ends.ends and all(end.startswith("Stream closed (EOF)") for end in ends.ends)
 
 
@@ -270,7 +271,7 @@ async def test_a_dht_stream_that_ends_inside_a_message_is_still_an_error() -> No
     from libp2p.network.stream.exceptions import StreamEOF
 
     install_clean_dht_stream_ends()
-    install_clean_dht_stream_ends()
+    install_clean_dht_stream_ends()  # a second install must not wrap the wrapper
     read = kad_dht.read_varint_prefixed_bytes_limited
     with trio.fail_after(5):
         assert await read(EndingStream(b"\x02hi"), 100) == b"hi"
