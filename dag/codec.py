@@ -26,9 +26,15 @@ _MAX_CONTAINER = 65_536
 Encodable = int | bytes | str | list["Encodable"] | tuple["Encodable", ...]
 
 
-def encode(value: Encodable) -> bytes:
-    """Pack `value` canonically. Only int, bytes, str, list and tuple are allowed."""
-    _check_types(value)
+def encode(value: Encodable, *, types_checked: bool = False) -> bytes:
+    """Pack `value` canonically. Only int, bytes, str, list and tuple are allowed.
+
+    `types_checked=True` skips checking that, for values built only of fields that were
+    checked one by one already (a parsed vertex or transaction): there the walk over every
+    item costs more than the packing itself.
+    """
+    if not types_checked:
+        _check_types(value)
     try:
         packed: bytes = msgpack.packb(value, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:

@@ -70,8 +70,9 @@ class Transaction:
     account: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        # Every field was checked when the transaction was parsed or created.
         body = _body(self.chain, self.public_key, self.nonce, self.kind, self.payload)
-        object.__setattr__(self, "id", _hash(encode(body)))
+        object.__setattr__(self, "id", _hash(encode(body, types_checked=True)))
         object.__setattr__(self, "account", self.public_key.account_id)
 
     @classmethod

@@ -71,10 +71,15 @@ class Vertex:
     signature: Signature
     id: bytes = field(init=False, repr=False, compare=False)
     author: bytes = field(init=False, repr=False, compare=False)
+    # The canonical bytes, once made or received: a vertex is stored, announced and served
+    # as these, and encoding one of many transactions is not free.
+    _encoded: bytes | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "id", _hash(encode(self._body())))
+        # Every field was checked when the vertex was parsed or its transactions built.
+        object.__setattr__(self, "id", _hash(encode(self._body(), types_checked=True)))
         object.__setattr__(self, "author", self.author_key.account_id)
+        object.__setattr__(self, "_encoded", None)
 
     def _body(self) -> list[Any]:
         return [
@@ -158,7 +163,11 @@ class Vertex:
                 raise InvalidSignature(f"transaction {index} of vertex: {exc}") from None
 
     def to_bytes(self) -> bytes:
-        return encode([*self._body(), signature_fields(self.signature)])
+        if self._encoded is None:
+            encoded = encode([*self._body(), signature_fields(self.signature)], types_checked=True)
+            object.__setattr__(self, "_encoded", encoded)
+            return encoded
+        return self._encoded
 
     @classmethod
     def from_bytes(cls, data: bytes, registry: KindRegistry, *, chain: bytes) -> Vertex:
@@ -184,4 +193,5 @@ class Vertex:
         signature = signature_from_fields(fields[8], "vertex signature")
         vertex = cls(chain, author_key, parents, timestamp_ms, txs, signature)
         vertex.check_shape()
+        object.__setattr__(vertex, "_encoded", bytes(data))  # canonical: checked above
         return vertex

@@ -32,6 +32,8 @@ def test_vertex_round_trips_and_verifies_with_ml_dsa() -> None:
     again = Vertex.from_bytes(vertex.to_bytes(), REGISTRY, chain=CHAIN)
     again.verify()
     assert again.id == vertex.id and again.author == author.account_id
+    # Kept as received, and the same bytes as encoding it afresh.
+    assert again.to_bytes() == vertex.to_bytes() == replace(again).to_bytes()
     # ML-DSA signing is randomised; the id covers the unsigned body only.
     resigned = Vertex.create(author, chain=CHAIN, parents=[ROOT], timestamp_ms=NOW, txs=txs)
     assert resigned.signature != vertex.signature and resigned.id == vertex.id
@@ -53,6 +55,7 @@ def test_a_transaction_with_a_bad_signature_is_found_and_named() -> None:
 def test_the_author_signature_covers_the_body() -> None:
     vertex = _vertex()
     moved = replace(vertex, timestamp_ms=NOW + 1)
+    assert moved.to_bytes() != vertex.to_bytes()  # a copy with a change encodes afresh
     with pytest.raises(InvalidSignature):
         Vertex.from_bytes(moved.to_bytes(), REGISTRY, chain=CHAIN).verify()
 
