@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
+from typing import Any
 
 from dag.errors import SwarmError
 from dag.kinds import Bucket
@@ -237,12 +238,13 @@ class Store:
                 "UPDATE vertices SET status = ? WHERE id = ?",
                 [(VertexStatus.REJECTED, v) for v in rejected],
             )
-            for r in txs:
-                verb = "INSERT OR IGNORE" if r.status is TxStatus.REJECTED else "INSERT OR REPLACE"
-                c.execute(
+            # One statement per verb for the whole batch (a vertex's worth of rows), in
+            # order within each: a transaction has one record per batch.
+            for verb, rows in _tx_rows(txs).items():
+                c.executemany(
                     f"{verb} INTO txs (id, vertex, account, nonce, status, reason) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
-                    (r.tx_id, r.vertex_id, r.account, r.nonce, r.status, r.reason),
+                    rows,
                 )
             c.executemany(
                 "INSERT OR REPLACE INTO amounts (locked, key, amount) VALUES (?, ?, ?)",
@@ -300,3 +302,12 @@ def _check_and_init(
         schema = str(SCHEMA_VERSION).encode()
     if schema != str(SCHEMA_VERSION).encode():
         raise StoreMismatch(f"store {where} has schema {schema!r}, want {SCHEMA_VERSION}")
+
+
+def _tx_rows(records: Iterable[TxRecord]) -> dict[str, list[tuple[Any, ...]]]:
+    """Transaction rows by how they are written: a rejection never overwrites a record."""
+    rows: dict[str, list[tuple[Any, ...]]] = {"INSERT OR IGNORE": [], "INSERT OR REPLACE": []}
+    for r in records:
+        verb = "INSERT OR IGNORE" if r.status is TxStatus.REJECTED else "INSERT OR REPLACE"
+        rows[verb].append((r.tx_id, r.vertex_id, r.account, r.nonce, r.status, r.reason))
+    return rows
