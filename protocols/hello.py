@@ -8,19 +8,25 @@ small coroutines at the bottom drive them over a `Stream`.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
+import trio
 from libp2p.peer.id import ID
 
 from dag.crypto import PublicKey, Signature, SigningKey
 from dag.errors import InvalidSignature, RemoteProtocolError
-from protocols.errors import PeerRefused
+from protocols.errors import NetworkError, PeerRefused
 from protocols.framing import field
 from protocols.stream import FramedStream, Stream
 
 VERSION = 1
 MAX_FRAME = 32 * 1024
+# After a refusal, how long the refuser waits for the peer to read why and hang up before
+# it drops the connection: py-libp2p discards what a connection received but its streams
+# had not read yet once the connection closes.
+REFUSAL_LINGER_S = 2.0
 MAX_KNOWN = 32
 _BIND_TAG = b"swarm-node/bind/v1\x00"
 # Host keys are Ed25519 (DESIGN.md), so a peer id is the identity multihash of the protobuf
@@ -169,6 +175,11 @@ async def serve_hello(stream: Stream, ours: Hello) -> Hello:
         check_hello(ours, theirs, peer)
     except (RemoteProtocolError, PeerRefused) as exc:
         await framed.send(_refusal(str(exc)))
+        with (
+            trio.move_on_after(REFUSAL_LINGER_S),
+            contextlib.suppress(NetworkError, RemoteProtocolError),
+        ):
+            await framed.receive()  # the peer's end of the stream, once it has read ours
         raise
     await framed.send(ours.encode())
     return theirs
