@@ -42,19 +42,24 @@ class Libp2pStream:
         self.remote_peer = remote_peer
 
     async def receive_some(self, max_bytes: int = READ_CHUNK) -> bytes:
-        from libp2p.network.stream.exceptions import StreamEOF
-
+        # Plain try/except on the way through: a context manager per call costs more than
+        # the rest of this adapter.
         try:
-            with map_libp2p_errors(self.remote_peer):
-                return await self._stream.read(max_bytes)
-        except NetworkError as exc:
-            if isinstance(exc.__cause__, StreamEOF):
+            return await self._stream.read(max_bytes)
+        except Exception as exc:
+            from libp2p.network.stream.exceptions import StreamEOF
+
+            if isinstance(exc, StreamEOF):
                 return b""
-            raise
+            with map_libp2p_errors(self.remote_peer):
+                raise
 
     async def send_all(self, data: bytes) -> None:
-        with map_libp2p_errors(self.remote_peer):
+        try:
             await self._stream.write(data)
+        except Exception:
+            with map_libp2p_errors(self.remote_peer):
+                raise
 
     async def aclose(self) -> None:
         # Closing a stream the peer already reset is not an error worth reporting.
