@@ -8,6 +8,7 @@ library's own path is as fast.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import trio
@@ -72,49 +73,56 @@ def install_yamux_settings_read_once() -> None:
 
 
 class QuickLock:
-    """A trio lock (or one-slot semaphore) that takes no trip through the scheduler when free.
+    """A lock (or one-slot semaphore) that costs almost nothing while nobody else wants it.
 
-    `trio.Lock.acquire` yields even when nobody holds the lock, and py-libp2p takes four or
-    five such locks per message (the stream's state, its window, the muxer's writer, the
-    socket's): that is most of what one small message costs beyond the socket itself. Taken
-    while free this lock is simply taken; held, the caller queues on the trio primitive
-    inside, in the same FIFO order. The next real await delivers a pending cancellation.
+    `trio.Lock.acquire` yields even when nobody holds the lock, and even its `acquire_nowait`
+    and `release` do owner and parking-lot-breaker bookkeeping; py-libp2p takes four or five
+    such locks per message (the stream's state, its window, the muxer's writer, the
+    socket's), which is most of what one small message costs beyond the socket itself.
+    Free, this lock is simply taken; held, the caller parks and the lock passes to the
+    waiters in the order they came (FIFO, as trio's). It has no owner, so it serves as the
+    one-slot semaphore of py-libp2p's read-write lock too. The next real await delivers a
+    pending cancellation.
     """
 
-    __slots__ = ("_inner",)
+    __slots__ = ("_held", "_waiters")
 
-    def __init__(self, inner: trio.Lock | trio.Semaphore | None = None) -> None:
-        self._inner = inner if inner is not None else trio.Lock()
+    def __init__(self) -> None:
+        self._held = False
+        self._waiters = trio.lowlevel.ParkingLot()
 
     @property
     def value(self) -> int:
         """Free slots (1 or 0); what `trio.Semaphore.value` says."""
-        inner = self._inner
-        return inner.value if isinstance(inner, trio.Semaphore) else int(not inner.locked())
+        return 0 if self._held else 1
 
     def locked(self) -> bool:
-        return self.value == 0
+        return self._held
 
     async def acquire(self) -> None:
-        try:
-            self._inner.acquire_nowait()
-        except trio.WouldBlock:
-            await self._inner.acquire()
+        if self._held:
+            await self._waiters.park()  # woken by `release`, which hands the lock over
+        else:
+            self._held = True
 
     def acquire_nowait(self) -> None:
-        self._inner.acquire_nowait()
+        if self._held:
+            raise trio.WouldBlock
+        self._held = True
 
     def release(self) -> None:
-        self._inner.release()
-
-    def statistics(self) -> Any:
-        return self._inner.statistics()
+        if not self._held:
+            raise RuntimeError("release of a lock that is not held")
+        if self._waiters:
+            self._waiters.unpark()  # still held: by the first waiter now
+        else:
+            self._held = False
 
     async def __aenter__(self) -> None:
         await self.acquire()
 
     async def __aexit__(self, *exc: object) -> None:
-        self._inner.release()
+        self.release()
 
 
 def install_quick_stream_locks() -> None:
@@ -137,7 +145,7 @@ def install_quick_stream_locks() -> None:
             for name in locks:
                 setattr(self, name, QuickLock())
             if semaphore:
-                setattr(self, semaphore, QuickLock(trio.Semaphore(1)))
+                setattr(self, semaphore, QuickLock())
 
         cls.__init__ = init
 
@@ -304,7 +312,8 @@ def install_lean_secure_reads() -> None:
 
     if getattr(SecureSession.read, "swarm_lean", False):
         return
-    yamux.read_exactly = _read_exactly  # type: ignore[attr-defined]
+    if not getattr(yamux, "swarm_lean_frames", False):  # its header read calls ours
+        yamux.read_exactly = _read_exactly  # type: ignore[attr-defined]
     msgio.read_exactly = _read_exactly  # type: ignore[attr-defined]
 
     library_read_msg = NoiseTransportReadWriter.read_msg
@@ -361,3 +370,171 @@ def install_lean_secure_reads() -> None:
     NoiseTransportReadWriter.read_msg = read_msg  # type: ignore[method-assign]
     SecureSession.__init__ = init  # type: ignore[method-assign]
     SecureSession.read = read  # type: ignore[method-assign]
+
+
+def install_lean_yamux_frames() -> None:
+    """Hand the common Yamux frames to their streams without the library's per-frame work.
+
+    py-libp2p 0.8's receive loop formats five to seven debug lines for every DATA frame
+    (most with the peer id in base58) whether or not debug logging is on, and builds a dict
+    and a list of flag names for one more. Here the loop's header read handles on its own
+    the frames nearly all traffic is made of: DATA (with a body) and WINDOW_UPDATE without
+    flags, on a stream the connection holds. It delivers them as the library does (buffer,
+    receive window, wakeup; send window under the stream's window lock), then reads the next
+    header. Any other frame (a new stream, an ACK, FIN or RST, PING, GO_AWAY, an unknown
+    stream, an oversized frame) is returned to the library's loop, which handles it as
+    before; frames are delivered in the order they arrive. Installing twice is harmless.
+    """
+    import logging
+    import struct
+    import weakref
+
+    from libp2p.io.exceptions import IncompleteReadError, IOException
+    from libp2p.stream_muxer.yamux import yamux
+
+    if getattr(yamux, "swarm_lean_frames", False):
+        return
+    log = logging.getLogger(yamux.__name__)
+    header_size = yamux.HEADER_SIZE
+    unpack = struct.Struct(yamux.YAMUX_HEADER_FORMAT).unpack
+    data_type, window_type = yamux.TYPE_DATA, yamux.TYPE_WINDOW_UPDATE
+    largest = yamux.MAX_WINDOW_SIZE
+    original_init = yamux.Yamux.__init__
+
+    def init(self: Any, secured_conn: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, secured_conn, *args, **kwargs)
+        secured_conn.swarm_muxer = weakref.ref(self)
+
+    async def read_data_body(self: Any, length: int) -> bytes:
+        with trio.fail_after(yamux._yamux_data_read_timeout()):
+            return await _read_exactly(self.secured_conn, length)
+
+    async def read_header(reader: Reader, n: int, retry_count: int = 100) -> bytes:
+        """The library's header read (its only use of `read_exactly` once `read_data_body`
+        is in place): returns the first frame header the library must see itself."""
+        ref = getattr(reader, "swarm_muxer", None)
+        muxer = ref() if ref is not None else None
+        if muxer is None or n != header_size:
+            return await _read_exactly(reader, n, retry_count)
+        streams = muxer.streams
+        while True:
+            header = await _read_exactly(reader, header_size, retry_count)
+            _, typ, flags, stream_id, length = unpack(header)
+            stream = streams.get(stream_id)
+            if flags or stream is None:
+                return header
+            if typ == data_type and 0 < length <= largest:
+                await _deliver(muxer, stream_id, length)
+            elif typ == window_type:
+                async with muxer.streams_lock:
+                    async with stream.window_lock:
+                        stream.send_window += length
+                    if stream.closed:
+                        muxer._finalize_stream_locked(stream, fully_closed=True)
+            else:
+                return header
+            if muxer.event_shutting_down.is_set():
+                # The library's loop would stop before its next header: make it stop now.
+                raise IOException("Yamux connection is shutting down")
+
+    async def _deliver(muxer: Any, stream_id: int, length: int) -> None:
+        conn = muxer.secured_conn
+        try:
+            if len(getattr(conn, "swarm_data", b"")) - getattr(conn, "swarm_at", 0) >= length:
+                # Already decrypted here (a frame travels in one Noise message): the read
+                # cannot stall, so it needs no timeout and its cancel scope.
+                data = await _read_exactly(conn, length)
+            else:
+                data = await muxer._read_data_body(length)
+        except trio.TooSlowError:
+            log.warning(
+                "Yamux: timed out reading DATA frame body for peer %s; closing connection",
+                muxer.peer_id,
+            )
+            raise
+        except IncompleteReadError as exc:
+            log.error("Incomplete read for data on stream %s: %s", stream_id, exc)
+            async with muxer.streams_lock:
+                stream = muxer.streams.get(stream_id)
+                if stream is not None:
+                    stream.recv_closed = stream.closed = True
+                    if stream_id in muxer.stream_events:
+                        muxer.stream_events[stream_id].set()
+            return  # the next header read meets the end and closes the connection
+        async with muxer.streams_lock:
+            stream = muxer.streams.get(stream_id)
+            if stream is None:
+                return
+            muxer.stream_buffers[stream_id].extend(data)
+            stream.recv_window -= len(data)
+            if stream.recv_window < 0:
+                log.warning(
+                    "Stream %s: peer exceeded receive window by %s bytes",
+                    stream_id,
+                    -stream.recv_window,
+                )
+                stream.recv_window = 0
+            muxer.stream_events[stream_id].set()
+            if stream.closed:
+                muxer._finalize_stream_locked(stream, fully_closed=True)
+
+    yamux.Yamux.__init__ = init  # type: ignore[method-assign]
+    yamux.Yamux._read_data_body = read_data_body  # type: ignore[method-assign]
+    yamux.read_exactly = read_header  # type: ignore[attr-defined]
+    yamux.swarm_lean_frames = True  # type: ignore[attr-defined]
+
+
+def install_direct_noise_writes() -> None:
+    """Send an encrypted Noise message straight to the TCP socket when it takes it at once.
+
+    py-libp2p 0.8 sends each message through five layers (the Noise writer, its packet
+    writer, the raw connection, its TCP stream and that stream's lock, trio's SocketStream)
+    and, for the atomic writes of `libp2p_fixes`, a shielded cancel scope with a deadline;
+    trio then yields after the send. Here a transport message over plain TCP, while no
+    other write of that socket is under way, is encrypted and handed to the non-blocking
+    socket in one call: sent whole, it is done, with no await that a cancellation could
+    interrupt between using the nonce and sending. What the socket does not take at once
+    (its buffer is full, or it failed) goes on through the library's TCP write under the
+    same shield, which waits for room or raises the library's error; other messages (the
+    handshake, large ones, other transports) take the whole library path. Install after
+    `install_atomic_noise_writes`. Installing twice is harmless.
+    """
+    from libp2p.io.trio import TrioTCPStream
+    from libp2p.network.connection.exceptions import RawConnError
+    from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH, NoiseTransportReadWriter
+
+    from protocols.libp2p_fixes import NOISE_WRITE_TIMEOUT_S
+
+    library_write = NoiseTransportReadWriter.write_msg  # the atomic one, once installed
+    if getattr(library_write, "swarm_direct", False):
+        return
+
+    async def write_msg(self: Any, msg: bytes, prefix_encoded: bool = False) -> None:
+        raw = getattr(self.read_writer, "read_write_closer", None)
+        tcp = getattr(raw, "stream", None)
+        if (
+            prefix_encoded
+            or len(msg) > MAX_PLAINTEXT_LENGTH
+            or type(tcp) is not TrioTCPStream
+            or tcp.write_lock.locked()
+        ):
+            await library_write(self, msg, prefix_encoded)
+            return
+        encrypted = self.encrypt(msg)  # the nonce is used from here on
+        data = len(encrypted).to_bytes(2, "big") + encrypted
+        try:
+            sent = tcp.stream.socket._sock.send(data)  # type: ignore[attr-defined]
+        except OSError:
+            sent = 0  # full (EAGAIN) or failed: the library's write waits or raises
+        if sent == len(data):
+            return
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + NOISE_WRITE_TIMEOUT_S
+            await tcp.write(data[sent:])
+        if scope.cancelled_caught:
+            with contextlib.suppress(Exception):
+                await self.close()
+            raise RawConnError(f"a Noise write took over {NOISE_WRITE_TIMEOUT_S} s")
+
+    write_msg.swarm_direct = True  # type: ignore[attr-defined]
+    NoiseTransportReadWriter.write_msg = write_msg  # type: ignore[method-assign]

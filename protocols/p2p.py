@@ -38,8 +38,10 @@ from protocols.hello import MAX_KNOWN, Hello, initiate_hello, serve_hello
 from protocols.libp2p_fast import (
     install_batched_yamux_window_updates,
     install_buffered_tcp_reads,
+    install_direct_noise_writes,
     install_fast_yamux_writes,
     install_lean_secure_reads,
+    install_lean_yamux_frames,
     install_quick_stream_locks,
     install_yamux_settings_read_once,
 )
@@ -182,6 +184,8 @@ class P2PService:
         install_fast_yamux_writes()
         install_buffered_tcp_reads()
         install_lean_secure_reads()
+        install_lean_yamux_frames()
+        install_direct_noise_writes()
         install_clean_dht_stream_ends()
         host = new_host(
             key_pair=self._key_pair,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,9 @@ from dag.crypto import Scheme
 from protocols.libp2p_fast import (
     QuickLock,
     install_buffered_tcp_reads,
+    install_direct_noise_writes,
     install_lean_secure_reads,
+    install_lean_yamux_frames,
     install_yamux_settings_read_once,
 )
 from protocols.libp2p_fixes import install_atomic_noise_writes, install_clean_dht_stream_ends
@@ -113,22 +114,40 @@ def test_yamux_reads_its_settings_once(monkeypatch: pytest.MonkeyPatch) -> None:
     assert yamux._yamux_batch_threshold_divisor() == 2
 
 
-@pytest.mark.parametrize("make", [QuickLock, lambda: QuickLock(trio.Semaphore(1))])
-async def test_a_free_quick_lock_is_taken_at_once_and_a_held_one_queues_in_order(
-    make: Callable[[], QuickLock],
-) -> None:
-    lock = make()
+async def test_a_free_quick_lock_is_taken_at_once_and_a_held_one_queues_in_order() -> None:
+    lock = QuickLock()
     ran: list[str] = []
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_note, "other task", ran)  # runs at our next trip to the scheduler
             async with lock:
-                assert ran == []  # taking a free lock did not yield
+                assert ran == [] and lock.locked() and lock.value == 0  # taken, no yield
                 for name in ("first", "second", "third"):  # each queues before the next
                     nursery.start_soon(_take_and_note, lock, name, ran)
                     await trio.testing.wait_all_tasks_blocked()
                 assert ran == ["other task"]  # the others wait while we hold it
         assert ran == ["other task", "first", "second", "third"]  # in the order they came
+    assert not lock.locked() and lock.value == 1
+    with pytest.raises(RuntimeError):
+        lock.release()
+
+
+async def test_a_cancelled_waiter_of_a_quick_lock_leaves_the_queue() -> None:
+    lock = QuickLock()
+    ran: list[str] = []
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await lock.acquire()
+            with pytest.raises(trio.WouldBlock):
+                lock.acquire_nowait()
+            with trio.CancelScope() as gave_up:
+                nursery.start_soon(_take_and_note, lock, "later", ran)
+                await trio.testing.wait_all_tasks_blocked()
+                gave_up.cancel()
+                await lock.acquire()  # parks behind "later", then is cancelled
+            assert gave_up.cancelled_caught
+            lock.release()  # to "later", the only waiter left
+        assert ran == ["later"] and not lock.locked()
 
 
 async def _note(name: str, ran: list[str]) -> None:
@@ -314,3 +333,145 @@ async def test_secure_session_reads_cross_messages_in_order_and_end_as_the_libra
             await session.read(1)
         with pytest.raises(ConnectionClosedError):
             await session.read()
+
+
+class Frames:
+    """Noise messages for a Yamux muxer to read; once they are read, it waits."""
+
+    def __init__(self, *messages: bytes) -> None:
+        self.messages = list(messages)
+        self.read_all = trio.Event()
+        self.written: list[bytes] = []
+
+    async def read_msg(self) -> bytes:
+        await trio.lowlevel.checkpoint()
+        if not self.messages:
+            self.read_all.set()
+            await trio.sleep_forever()
+        return self.messages.pop(0)
+
+
+def frame(typ: int, flags: int, stream_id: int, body: bytes = b"", length: int = -1) -> bytes:
+    import struct
+
+    from libp2p.stream_muxer.yamux import yamux
+
+    size = len(body) if length < 0 else length
+    return struct.pack(yamux.YAMUX_HEADER_FORMAT, 0, typ, flags, stream_id, size) + body
+
+
+async def test_yamux_delivers_common_frames_itself_and_others_through_the_library(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from libp2p.peer.id import ID
+    from libp2p.security.secure_session import SecureSession
+    from libp2p.stream_muxer.yamux import yamux
+
+    install_lean_secure_reads()
+    install_lean_yamux_frames()
+    data, window, ping = yamux.TYPE_DATA, yamux.TYPE_WINDOW_UPDATE, yamux.TYPE_PING
+    syn, fin = yamux.FLAG_SYN, yamux.FLAG_FIN
+    wire = Frames(
+        frame(data, 0, 1, b"ab") + frame(window, 0, 1, length=100),  # two in one message
+        frame(data, 0, 1, b"cd")[:13],  # a body split across messages: read with a timeout
+        frame(data, 0, 1, b"cd")[13:],
+        frame(data, syn, 2, b"new"),  # a stream the peer opens: the library's
+        frame(data, 0, 9, b"lost"),  # an unknown stream: the library drops it
+        frame(data, fin, 1, b"ef"),  # the last data with FIN: the library's
+        frame(ping, syn, 0, length=7),  # answered by the library
+    )
+    session = SecureSession.__new__(SecureSession)
+    session.swarm_data, session.swarm_at = b"", 0
+    session.conn = wire  # type: ignore[assignment]
+    session.is_initiator = True
+    sent: list[bytes] = []
+
+    async def write(data: bytes) -> None:
+        sent.append(data)
+
+    session.write = write  # type: ignore[method-assign]
+    peer = ID(b"\x00\x04test")
+    muxer = yamux.Yamux(session, peer, is_initiator=True)
+    stream = yamux.YamuxStream(1, muxer, True)
+    muxer.streams[1], muxer.stream_buffers[1] = stream, bytearray()
+    muxer.stream_events[1] = trio.Event()
+    window_before, send_before = stream.recv_window, stream.send_window
+    formatted = []
+    monkeypatch.setattr(yamux.logger, "debug", lambda *args, **kw: formatted.append(args))
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(muxer.handle_incoming)
+            await wire.read_all.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            opened = muxer.new_stream_receive_channel.receive_nowait()
+            nursery.cancel_scope.cancel()
+    assert bytes(muxer.stream_buffers[1]) == b"abcdef"
+    assert stream.recv_window == window_before - 6
+    assert stream.send_window == send_before + 100
+    assert stream.recv_closed and not muxer.event_shutting_down.is_set()
+    assert opened.stream_id == 2 and bytes(muxer.stream_buffers[2]) == b"new"
+    assert 9 not in muxer.streams
+    ack, pong = (frame(window, yamux.FLAG_ACK, 2), frame(ping, yamux.FLAG_ACK, 0, length=7))
+    assert sent == [ack, pong]
+    # The library formats its lines for the frames it handled; the common ones cost none.
+    library_only = len(formatted)
+    assert library_only > 0
+    formatted.clear()
+    wire.messages = [frame(data, 0, 1, b"gh"), frame(window, 0, 1, length=5)] * 20
+    wire.read_all = trio.Event()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(muxer.handle_incoming)
+            await wire.read_all.wait()
+            nursery.cancel_scope.cancel()
+    assert bytes(muxer.stream_buffers[1]) == b"abcdef" + b"gh" * 20
+    assert stream.send_window == send_before + 200
+    # only the loop's start and its one header read: nothing per frame
+    assert len(formatted) == 2, formatted
+
+
+async def test_noise_messages_go_straight_to_the_socket_whole_and_in_order() -> None:
+    import socket
+
+    from libp2p.io.trio import TrioTCPStream
+    from libp2p.network.connection.raw_connection import RawConnection
+
+    install_atomic_noise_writes()
+    install_direct_noise_writes()
+    ours, theirs = trio.socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    tcp = TrioTCPStream(trio.SocketStream(ours))
+    writer = NoiseTransportReadWriter(RawConnection(tcp, True), None)  # type: ignore[arg-type]
+    nonces = iter(range(1_000))
+    writer.encrypt = lambda data: bytes([next(nonces)]) + data  # type: ignore[method-assign]
+    peer = trio.SocketStream(theirs)
+    ran: list[str] = []
+
+    async def read_messages(count: int) -> list[bytes]:
+        got, buffer = [], b""
+        while len(got) < count:
+            buffer += await peer.receive_some(1 << 16)
+            while len(buffer) >= 2 and len(buffer) >= 2 + (size := int.from_bytes(buffer[:2])):
+                got.append(buffer[2 : 2 + size])
+                buffer = buffer[2 + size :]
+        return got
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_note, "other task", ran)
+            await writer.write_msg(b"small")  # the socket takes it at once: no wait
+            assert ran == []
+        assert await read_messages(1) == [b"\x00small"]
+        # Messages larger than the socket takes at once, from two tasks, one cancelled
+        # mid-write: each arrives whole, in the order the nonces were used.
+        big = [bytes([65 + i]) * 60_000 for i in range(3)]
+        async with trio.open_nursery() as nursery:
+            with trio.CancelScope() as scope:
+                nursery.start_soon(writer.write_msg, big[0])
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(writer.write_msg, big[1])
+                await trio.testing.wait_all_tasks_blocked()
+                scope.cancel()
+            nursery.start_soon(writer.write_msg, big[2])
+            got = await read_messages(3)
+        assert got == [bytes([1 + i]) + m for i, m in enumerate(big)]
