@@ -279,6 +279,10 @@ class Engine:
             vertex_id == self.root or self.store.vertex_status(vertex_id) is VertexStatus.ACCEPTED
         )
 
+    def undecided_by(self, author: bytes) -> int:
+        """How many vertices of `author` are still processing here."""
+        return sum(1 for v in self._processing.values() if v.author == author)
+
     def knows(self, vertex_id: bytes) -> bool:
         """True if the vertex is held (processing, accepted or rejected): no need to fetch."""
         return self._known(vertex_id)

@@ -355,6 +355,7 @@ class DagService:
         if events:
             self._decided.set()
             self._decided = trio.Event()
+            self.wallet.kick()  # a decision may make room for the mempool's next vertex
         now = trio.current_time()
         for event in events:
             if isinstance(event, VertexAccepted):

@@ -48,6 +48,10 @@ class InsufficientCredits(SwarmError):
 class BatchSettings:
     batch_window_s: float = 0.05  # how long a transaction waits for others to share a vertex
     empty_vertex_interval_s: float = 0.1  # the fastest rate of vertices with no transactions
+    # Our vertices still undecided before the next one waits for a decision (unless the
+    # engine needs a vertex for votes to flow): under load, vertices grow instead of
+    # multiplying, and every node's cost per vertex is shared by more transactions.
+    max_undecided: int = 4
 
 
 @dataclass
@@ -85,6 +89,7 @@ class Wallet:
         self._waits: dict[bytes, _TxWait] = {}
         self._next_nonce: int | None = None
         self._last_empty = -1e9
+        self._gathering_since = 0.0  # when the oldest transaction in the mempool came
         self.tx_latency = Latencies()
         self.txs_accepted = 0
 
@@ -180,7 +185,7 @@ class Wallet:
             )
         wait = self._waits[tx.id] = _TxWait(submitted=trio.current_time())
         self._queued.update(keys)
-        self._mempool.append(tx)
+        self._append(tx)
         self._kick.set()
         return wait
 
@@ -201,8 +206,11 @@ class Wallet:
             await self._kick.wait()
             self._kick = trio.Event()
             if self._mempool:
-                await trio.sleep(settings.batch_window_s)  # a deliberate delay: let a batch gather
+                # A deliberate delay: let a batch gather, from its first transaction on.
+                await trio.sleep_until(self._gathering_since + settings.batch_window_s)
                 while self._mempool:
+                    if not await self._call(self._may_build):
+                        break  # until a decision kicks us
                     await self._build(self._take_batch())
             elif await self._call(self.engine.needs_vertex):
                 # Votes only reach a vertex through its descendants; issue an empty one, at a
@@ -210,6 +218,12 @@ class Wallet:
                 await trio.sleep_until(self._last_empty + settings.empty_vertex_interval_s)
                 self._last_empty = trio.current_time()
                 await self._build([])
+
+    def _may_build(self) -> bool:
+        """Room for another vertex of ours; else the mempool waits for the next decision
+        (`kick`), which is also when the engine may ask for a vertex regardless."""
+        undecided = self.engine.undecided_by(self.key.account_id)
+        return undecided < self.settings.max_undecided or self.engine.needs_vertex()
 
     def _take_batch(self) -> list[Transaction]:
         """The oldest queued transactions that fit one vertex and one message."""
@@ -264,8 +278,13 @@ class Wallet:
 
     def _queue_again(self, tx: Transaction) -> None:
         self._queued.update(self.engine.registry.conflict_keys(tx))
-        self._mempool.append(tx)
+        self._append(tx)
         self._kick.set()
+
+    def _append(self, tx: Transaction) -> None:
+        if not self._mempool:
+            self._gathering_since = trio.current_time()
+        self._mempool.append(tx)
 
     # -- decisions ------------------------------------------------------------------------
 
