@@ -280,8 +280,10 @@ class Engine:
         )
 
     def undecided_by(self, author: bytes) -> int:
-        """How many vertices of `author` are still processing here."""
-        return sum(1 for v in self._processing.values() if v.author == author)
+        """How many vertices of `author` with transactions are still processing here (the
+        engine asks for more vertices while such wait, see `needs_vertex`; it does not for
+        empty ones)."""
+        return sum(1 for v in self._processing.values() if v.author == author and v.txs)
 
     def knows(self, vertex_id: bytes) -> bool:
         """True if the vertex is held (processing, accepted or rejected): no need to fetch."""

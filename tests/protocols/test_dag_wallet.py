@@ -80,4 +80,22 @@ async def test_the_mempool_waits_while_enough_of_our_vertices_are_undecided() ->
             await trio.testing.wait_all_tasks_blocked()
             nursery.cancel_scope.cancel()
     assert len(wallet) == 0
-    assert [[tx.nonce for tx in v.txs] for v in built] == [[0], [1], [2, 3]]
+    assert [sorted(tx.nonce for tx in v.txs) for v in built] == [[0], [1], [2, 3]]
+
+
+async def test_our_undecided_empty_vertices_do_not_hold_up_the_mempool() -> None:
+    # The engine asks for vertices while transactions wait undecided, never for empty ones:
+    # counted against the limit, empty vertices alone would keep the mempool waiting forever.
+    voter = key(5)
+    genesis = make_genesis([ME, CLIENT, voter], stakes=[0, 0, 100], balances=[0, 1_000, 0])
+    engine = open_engine(genesis, ME)
+    engine.build_vertex(ME, [], NOW)
+    built: list[Vertex] = []
+    wallet = _wallet(engine, BatchSettings(batch_window_s=0.0, max_undecided=1), built)
+    tx = transfer(CLIENT, genesis, voter.account_id, 1, 0)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wallet.run_builder)
+            assert await wallet.submit_many([tx]) == ["stored"]
+            nursery.cancel_scope.cancel()
+    assert [[t.id for t in v.txs] for v in built] == [[tx.id]]
