@@ -297,6 +297,9 @@ class DagService:
             votes, self._votes_in = self._votes_in, []
             self.voting_rounds += 1
             polls, wants_vertex = await self._call(self._voting_round, votes, trio.current_time())
+            # A worker thread's call finishes even when we are cancelled meanwhile (the node
+            # stopping): stop here, before queueing to outboxes whose nursery is gone.
+            await trio.lowlevel.checkpoint_if_cancelled()
             for poll in polls:
                 for account in poll.peers:
                     self._query_outbox(account).put((poll.poll_id, poll.vertex_id))
