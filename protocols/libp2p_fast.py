@@ -383,9 +383,7 @@ def install_lean_yamux_frames() -> None:
     receive window, wakeup; send window under the stream's window lock), then reads the next
     header. Any other frame (a new stream, an ACK, FIN or RST, PING, GO_AWAY, an unknown
     stream, an oversized frame) is returned to the library's loop, which handles it as
-    before; frames are delivered in the order they arrive. A stream's reads, too, take
-    what is buffered or wait for the next delivery without the library's per-read lines
-    while the stream is open. Installing twice is harmless.
+    before; frames are delivered in the order they arrive. Installing twice is harmless.
     """
     import logging
     import struct
@@ -480,44 +478,8 @@ def install_lean_yamux_frames() -> None:
             if stream.closed:
                 muxer._finalize_stream_locked(stream, fully_closed=True)
 
-    library_read_stream = yamux.Yamux.read_stream
-
-    async def read_stream(self: Any, stream_id: int, n: int | None = -1) -> bytes:
-        """The library's stream read (it formats three to five debug lines per read), lean
-        while the stream is open and healthy: what is buffered, else a wait for the next
-        delivery. Reset, closed, unknown or shutting down: the library's own path."""
-        n = -1 if n is None else n
-        while True:
-            stream = self.streams.get(stream_id)
-            buffer = self.stream_buffers.get(stream_id)
-            if (
-                stream is None
-                or buffer is None
-                or stream.reset_received
-                or self.event_shutting_down.is_set()
-                or self.streams_lock.locked()
-            ):
-                return await library_read_stream(self, stream_id, n)
-            if buffer:
-                if n == -1 or n >= len(buffer):
-                    data = bytes(buffer)
-                    buffer.clear()
-                else:
-                    data = bytes(buffer[:n])
-                    del buffer[:n]
-                if stream.closed:  # nobody holds streams_lock, and nothing awaits here
-                    self._finalize_stream_locked(stream, fully_closed=True)
-                return data
-            event = self.stream_events.get(stream_id)
-            if stream.recv_closed or stream.closed or event is None:
-                return await library_read_stream(self, stream_id, n)
-            await event.wait()
-            if stream_id in self.stream_events:
-                self.stream_events[stream_id] = trio.Event()
-
     yamux.Yamux.__init__ = init  # type: ignore[method-assign]
     yamux.Yamux._read_data_body = read_data_body  # type: ignore[method-assign]
-    yamux.Yamux.read_stream = read_stream  # type: ignore[method-assign]
     yamux.read_exactly = read_header  # type: ignore[attr-defined]
     yamux.swarm_lean_frames = True  # type: ignore[attr-defined]
 

@@ -428,46 +428,6 @@ async def test_yamux_delivers_common_frames_itself_and_others_through_the_librar
     assert stream.send_window == send_before + 200
     # only the loop's start and its one header read: nothing per frame
     assert len(formatted) == 2, formatted
-    formatted.clear()
-    # The stream's reads take what is buffered, then (FIN seen, buffer empty) end as the
-    # library's: with no lines formatted before the end.
-    with trio.fail_after(5):
-        assert await muxer.read_stream(1, 4) == b"abcd"
-        assert await muxer.read_stream(1) == b"ef" + b"gh" * 20
-        assert formatted == []
-        with pytest.raises(yamux.MuxedStreamEOF):
-            await muxer.read_stream(1, 4)
-
-
-async def test_a_yamux_read_waits_for_the_next_delivery() -> None:
-    from libp2p.peer.id import ID
-    from libp2p.stream_muxer.yamux import yamux
-
-    install_lean_yamux_frames()
-    session = SessionStub()
-    muxer = yamux.Yamux(session, ID(b"\x00\x04test"), is_initiator=True)
-    stream = yamux.YamuxStream(1, muxer, True)
-    muxer.streams[1], muxer.stream_buffers[1] = stream, bytearray()
-    muxer.stream_events[1] = trio.Event()
-    got: list[bytes] = []
-
-    async def read() -> None:
-        got.append(await muxer.read_stream(1, 100))
-
-    with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(read)
-            await trio.testing.wait_all_tasks_blocked()
-            assert got == []  # nothing buffered: it waits
-            muxer.stream_buffers[1].extend(b"late")  # as a delivered frame does
-            muxer.stream_events[1].set()
-    assert got == [b"late"]
-
-
-class SessionStub:
-    """Just enough of a secure connection for a Yamux muxer that is not started."""
-
-    is_initiator = True
 
 
 async def test_noise_messages_go_straight_to_the_socket_whole_and_in_order() -> None:
