@@ -117,12 +117,14 @@ class Market:
                 self._nursery = nursery
                 nursery.start_soon(self._keeper)
                 nursery.start_soon(self._checker)
+                nursery.start_soon(self._flusher)
                 task_status.started(self)
                 await trio.sleep_forever()
         finally:
             # A clean stop keeps the receipts of the last answers (the checker's batch in
             # flight, if any, was kept before its task ended).
             self._report(self.purse.check())
+            self.store.flush()
 
     # -- provider: the desk ---------------------------------------------------------------
 
@@ -279,6 +281,15 @@ class Market:
             await trio.sleep(CHECK_WINDOW_S)
             self._unchecked = trio.Event()
             await self.check_receipts()
+
+    async def _flusher(self) -> None:
+        """Move the provider's journaled answers into the database in batches."""
+        while True:
+            served = trio.Event()
+            self.store.on_served = served.set
+            await served.wait()
+            await trio.sleep(CHECK_WINDOW_S)  # deliberate: one transaction for many answers
+            self.store.flush()
 
     async def check_receipts(self) -> None:
         """Check and keep every receipt queued so far (what `_checker` does each window)."""

@@ -2,13 +2,16 @@
 
 Both sides of a channel keep it here: the client (its IOU key, its own count of what it owes,
 the receipts it got) and the provider (the receipts it signed, each with the IOU that pays for
-it, from which its channel's total and newest IOU are read). A provider writes that row in one
-statement before it sends the answer, so a kill -9 after answering loses nothing it could
-settle. Calls are small
-and inline (WAL with synchronous=NORMAL does not sync on commit); the trio loop owns the
-connection. Copying the log into the database file (a checkpoint, which syncs) is not left to
-whichever commit crosses SQLite's threshold, which would hold up that answer for milliseconds:
-the market's keeper runs `checkpoint` in a worker thread, on a connection of its own.
+it, from which its channel's total and newest IOU are read). A provider appends that row to a
+journal (`node.journal`: one `write`, where a commit writes pages of three B-trees to the log)
+before it sends the answer, so a kill -9 after answering loses nothing it could settle; the
+rows reach the database in batches (`flush`: the market does it every few tens of
+milliseconds, every read of receipts does it first, and `open` replays what a crash left).
+Calls are small and inline (WAL with synchronous=NORMAL does not sync on commit); the trio
+loop owns the connection. Copying the log into the database file (a checkpoint, which syncs)
+is not left to whichever commit crosses SQLite's threshold, which would hold up a call for
+milliseconds: the market's keeper runs `checkpoint` in a worker thread, on a connection of
+its own.
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
 from dag.channels import ChannelTerms
 from dag.codec import encode
 from dag.errors import SwarmError
 from dag.kinds import default_registry
 from dag.tx import Transaction
+from node.journal import Journal, JournalError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS channels (
@@ -90,11 +96,14 @@ class ChannelRow:
 
 # The log a checkpoint leaves for reuse; what a burst grew beyond it is given back.
 WAL_KEEP_BYTES = 16 << 20
-_RECEIPT_SLOTS = ", ".join("?" * 15)
+SERVED_JOURNAL = ".served"  # beside the database file: the provider's rows not flushed yet
+_RECEIPT_COLUMNS = 15
+_RECEIPT_SLOTS = ", ".join("?" * _RECEIPT_COLUMNS)
+_INSERT_RECEIPT = f"INSERT OR REPLACE INTO receipts VALUES ({_RECEIPT_SLOTS})"
 _COLUMNS = "id, role, peer, counterpart, open_tx, deposit, expiry_ms, charged_milli, seq, iou, "
 _COLUMNS += "iou_key, state, end_tx"
-# A provider writes one receipts row per answer, IOU included (one statement, one commit, on
-# the call's path); its channel's total, last seq and newest IOU are read from them.
+# A provider keeps one receipts row per answer, with its IOU (journaled on the call's path,
+# see `record_served`); its channel's total, last seq and newest IOU are read from them.
 _SELECT = """
 SELECT id, role, peer, counterpart, open_tx, deposit, expiry_ms,
   CASE WHEN role = 'provider' THEN MAX(charged_milli, COALESCE(
@@ -137,6 +146,24 @@ class MarketStore:
         self.path = path
         self._now_ms = now_ms
         self._checkpointer: sqlite3.Connection | None = None
+        self._served: list[tuple[Any, ...]] = []  # journaled rows not in the database yet
+        self._ious: list[tuple[bytes, bytes, int]] = []  # and IOUs checked late: (iou, id, seq)
+        self.on_served: Callable[[], None] = lambda: None  # a row was journaled
+        try:
+            self._journal = Journal(path + SERVED_JOURNAL)
+        except JournalError as exc:
+            raise MarketStoreError(str(exc)) from None
+        try:
+            for body in self._journal.read():
+                row = _journaled(body)
+                if len(row) == _RECEIPT_COLUMNS:
+                    self._served.append(row)
+                else:
+                    self._ious.append((row[3], row[1], row[2]))
+        except (JournalError, ValueError) as exc:
+            self._journal.close()
+            raise MarketStoreError(f"market store {path}: {exc}") from None
+        self.flush()
 
     @classmethod
     def open(cls, path: str | Path, now_ms: Callable[[], int] = _wall_ms) -> MarketStore:
@@ -160,6 +187,8 @@ class MarketStore:
         return cls(conn, where, now_ms)
 
     def close(self) -> None:
+        self.flush()
+        self._journal.close()
         if self._checkpointer is not None:
             self._checkpointer.close()
         self._conn.close()
@@ -214,10 +243,10 @@ class MarketStore:
         if state is not None:
             sql += " AND state = ?"
             args.append(state)
-        return [_row(r) for r in self._conn.execute(sql + " ORDER BY updated_ms", args)]
+        return [_row(r) for r in self._query(sql + " ORDER BY updated_ms", args)]
 
     def channel(self, channel_id: bytes) -> ChannelRow | None:
-        r = self._conn.execute(f"{_SELECT} WHERE id = ?", (channel_id,)).fetchone()
+        r = self._query(f"{_SELECT} WHERE id = ?", (channel_id,)).fetchone()
         return None if r is None else _row(r)
 
     def set_state(self, channel_id: bytes, state: str, end_tx: bytes | None = None) -> None:
@@ -229,14 +258,49 @@ class MarketStore:
 
     # -- receipts -------------------------------------------------------------------------
 
-    def record_served(self, peer: str, client: bytes, receipt: Any, iou: bytes) -> None:
+    def record_served(self, peer: str, client: bytes, receipt: Any, iou: bytes | None) -> None:
         """A provider's answered call: the signed receipt (kept whole, as evidence) with the
-        IOU that pays for it, in one statement, on disk before the answer goes out. The
-        channel's total, seq and newest IOU are read back from these rows."""
-        self._conn.execute(
-            f"INSERT OR REPLACE INTO receipts VALUES ({_RECEIPT_SLOTS})",
-            _receipt_row("provider", peer, client, receipt, "", iou, self._now_ms()),
-        )
+        IOU that pays for it (None: `served_iou` adds it once its signature is checked),
+        journaled before the answer goes out. The channel's total, seq and newest IOU are
+        read back from these rows."""
+        row = _receipt_row("provider", peer, client, receipt, "", iou, self._now_ms())
+        self._journal.append(msgpack.packb(row, use_bin_type=True))
+        self._served.append(row)
+        if len(self._served) + len(self._ious) == 1:
+            self.on_served()
+
+    def served_iou(self, channel_id: bytes, seq: int, iou: bytes) -> None:
+        """The IOU of an answer recorded without it (its signature was checked after)."""
+        self._journal.append(msgpack.packb(["iou", channel_id, seq, iou], use_bin_type=True))
+        self._ious.append((iou, channel_id, seq))
+        if len(self._served) + len(self._ious) == 1:
+            self.on_served()
+
+    def flush(self) -> None:
+        """Write the journaled rows into the database in one transaction, then clear the
+        journal (a crash in between replays rows already written: the same rows again)."""
+        if not self._served and not self._ious:
+            return
+        c = self._conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.executemany(_INSERT_RECEIPT, self._served)
+            c.executemany(
+                "UPDATE receipts SET iou = ? WHERE channel = ? AND seq = ? AND role = 'provider'",
+                self._ious,
+            )
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+        self._served, self._ious = [], []
+        self._journal.clear()
+
+    def _query(self, sql: str, args: Any = ()) -> sqlite3.Cursor:
+        """A read: of the journaled rows too (they are flushed first)."""
+        self.flush()
+        return self._conn.execute(sql, args)
 
     def record_many(self, items: list[tuple[str, bytes, Any, int, str]]) -> None:
         """A client's checked receipts, (peer, counterpart, receipt, our total, dispute), in
@@ -245,7 +309,7 @@ class MarketStore:
         c.execute("BEGIN IMMEDIATE")
         try:
             c.executemany(
-                f"INSERT OR REPLACE INTO receipts VALUES ({_RECEIPT_SLOTS})",
+                _INSERT_RECEIPT,
                 [_receipt_row("client", p, cp, r, d, None, now) for p, cp, r, _, d in items],
             )
             c.executemany(
@@ -268,7 +332,7 @@ class MarketStore:
         if role is not None:
             sql += " WHERE role = ?"
             args.append(role)
-        rows = self._conn.execute(sql + " ORDER BY at_ms DESC LIMIT ?", [*args, limit])
+        rows = self._query(sql + " ORDER BY at_ms DESC LIMIT ?", [*args, limit])
         keys = [
             "channel",
             "seq",
@@ -295,7 +359,7 @@ class MarketStore:
     def usage(self, days: int = 30) -> list[dict[str, Any]]:
         """Tokens and credits per day, role (used or earned), expert and peer."""
         since = self._now_ms() - days * 86_400_000
-        rows = self._conn.execute(
+        rows = self._query(
             "SELECT date(at_ms / 1000, 'unixepoch') AS day, role, expert, counterpart, "
             "COUNT(*), SUM(tokens_in), SUM(tokens_out), SUM(cost_milli) FROM receipts "
             "WHERE at_ms >= ? GROUP BY day, role, expert, counterpart ORDER BY day, role",
@@ -324,11 +388,11 @@ class MarketStore:
         if counterpart is not None:
             sql += " AND counterpart = ?"
             args.append(counterpart)
-        return int(self._conn.execute(sql, args).fetchone()[0])
+        return int(self._query(sql, args).fetchone()[0])
 
     def reputation(self) -> list[dict[str, Any]]:
         """Per provider, from the receipts this node got: calls, tokens, disputes."""
-        rows = self._conn.execute(
+        rows = self._query(
             "SELECT peer, counterpart, COUNT(*), SUM(tokens_in + tokens_out), SUM(cost_milli), "
             "SUM(disputed != '') FROM receipts WHERE role = 'client' GROUP BY peer, counterpart"
         )
@@ -343,6 +407,27 @@ class MarketStore:
             }
             for peer, account, calls, tokens, cost, disputed in rows
         ]
+
+
+def _journaled(body: bytes) -> tuple[Any, ...]:
+    """A receipts row, or ("iou", channel, seq, iou), back from its journal record
+    (`ValueError` if it is neither)."""
+    try:
+        row = msgpack.unpackb(body)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise ValueError(f"journal record is not msgpack: {exc}") from None
+    if isinstance(row, list) and len(row) == _RECEIPT_COLUMNS:
+        return tuple(row)
+    if (
+        isinstance(row, list)
+        and len(row) == 4
+        and row[0] == "iou"
+        and isinstance(row[1], bytes)
+        and isinstance(row[2], int)
+        and isinstance(row[3], bytes)
+    ):
+        return tuple(row)
+    raise ValueError("journal record is neither a receipts row nor an IOU")
 
 
 def _receipt_row(
@@ -366,7 +451,7 @@ def _receipt_row(
         receipt.price_per_1k,
         receipt.cost_milli,
         receipt.charged_milli,
-        encode(receipt.to_wire()),
+        encode(receipt.to_wire(), types_checked=True),  # (a receipt's fields are typed)
         at_ms,
         disputed,
         iou,

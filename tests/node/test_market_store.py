@@ -24,16 +24,58 @@ def test_answers_never_checkpoint_and_the_keepers_checkpoint_keeps_everything(
     store = MarketStore.open(path)
     for seq in range(1, 2_001):
         store.record_served("peer", b"c" * 32, receipt(seq), b"iou")
+        store.flush()  # the market's flusher: here as often as it can be
     wal = path.with_name("market.sqlite-wal")
     # SQLite's own threshold is 1,000 pages: with it the log would have been reset by now.
     assert wal.stat().st_size > 4 * 1_000 * 4096
     assert store.checkpoint() > 1_000
     store.record_served("peer", b"c" * 32, receipt(2_001), b"iou")
+    store.flush()
     assert 0 < store.checkpoint() < 10  # the log started over: one answer's pages
     store.close()
     again = MarketStore.open(path)
     assert len(again.receipts("provider", limit=10_000)) == 2_001
     again.close()
+
+
+def test_an_answer_is_kept_by_its_journal_until_flushed(tmp_path: Path) -> None:
+    path = tmp_path / "market.sqlite"
+    store = MarketStore.open(path)
+    flushes = []
+    store.on_served = lambda: flushes.append(1)
+    for seq in (1, 2):
+        store.record_served("peer", b"c" * 32, receipt(seq), b"iou%d" % seq)
+    assert flushes == [1]  # once per batch: the flusher is already on its way
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT COUNT(*) FROM receipts").fetchone() == (0,)  # not written
+    # A kill -9 now: the next store finds both answers in the journal, with their IOUs.
+    again = MarketStore.open(path)
+    assert [r["seq"] for r in again.receipts("provider")] == [2, 1]
+    assert conn.execute("SELECT COUNT(*) FROM receipts").fetchone() == (2,)
+    assert path.with_name("market.sqlite.served").stat().st_size == 0
+    # Reads of the store that journaled see its rows (they are flushed first).
+    store.record_served("peer", b"c" * 32, receipt(3), b"iou3")
+    assert store.tokens_today("provider") == 6
+    conn.close()
+    again.close()
+    store.close()
+
+
+def test_a_damaged_journal_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "market.sqlite"
+    store = MarketStore.open(path)
+    for seq in (1, 2):
+        store.record_served("peer", b"c" * 32, receipt(seq), b"iou")
+    journal = path.with_name("market.sqlite.served")
+    data = bytearray(journal.read_bytes())
+    data[20] ^= 0xFF  # inside the first of two records
+    journal.write_bytes(bytes(data))
+    with pytest.raises(MarketStoreError, match="damaged at byte 0"):
+        MarketStore.open(path)
+    assert journal.read_bytes() == bytes(data)
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT COUNT(*) FROM receipts").fetchone() == (0,)
+    conn.close()
 
 
 def test_a_damaged_file_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
@@ -66,6 +108,7 @@ def test_a_channels_totals_are_read_without_scanning_its_receipts(tmp_path: Path
     for total in (10, 5_000):
         for seq in range(len(store.receipts("provider", limit=10_000)) + 1, total + 1):
             store.record_served("peer", b"c" * 32, receipt(seq), b"iou")
+        store.flush()
         steps = 0
         (found,) = conn.execute(f"{_SELECT} WHERE id = ?", (CHANNEL,)).fetchall()
         assert found[7] == 20 * total  # the channel's total: its newest receipt's
