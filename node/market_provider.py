@@ -11,12 +11,20 @@ An IOU is admitted when its sequence number is above every earlier one of the ch
 replay is refused) and its amount covers what the channel has charged, what calls still open
 have reserved, and this call's largest cost. So the newest IOU always pays for every answer
 sent, and the provider settles with it, claiming only what it charged.
+
+The IOU's signature is checked before the answer unless the newest IOU already checked pays
+for the call (IOUs name whole credits, so one usually covers many small calls): then the
+call risks nothing, and `answered` checks the signature after the answer has gone out, off
+the call's path. Only a checked IOU is stored (the provider settles with the newest stored
+one); an IOU that fails the late check ends the channel's service, and the provider settles
+with the last good one, which pays for everything it answered.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from dag.channels import ChannelTerms, Iou
 from dag.errors import RemoteProtocolError
@@ -25,6 +33,8 @@ from node.market_store import ChannelRow, MarketStore
 from protocols import infer_wire as wire
 from protocols import market_wire as mw
 from protocols.infer_server import ChannelRefused, PaymentRefused
+
+log = logging.getLogger("swarm.market")
 
 
 @dataclass
@@ -37,6 +47,8 @@ class _Open:
     seq: int
     reserved_milli: int = 0
     last_ms: int = 0  # when it last charged a call (or was registered)
+    paid_milli: int = 0  # what the newest IOU with a checked signature pays for
+    refused: str = ""  # why no more calls are served on it (an IOU failed its late check)
     quotes: dict[str, tuple[int, int]] = field(default_factory=dict)  # expert: (price, until)
 
 
@@ -48,6 +60,7 @@ class Ticket:
     price: int
     max_cost_milli: int
     max_tokens: int
+    checked: bool  # the IOU's signature was checked (else `answered` checks it)
 
 
 class Till:
@@ -117,8 +130,15 @@ class Till:
         return self._serve(stored, terms)
 
     def _serve(self, row: ChannelRow, terms: ChannelTerms | None = None) -> _Open:
+        # A stored IOU was checked before it was stored.
+        paid = Iou.from_bytes(row.iou).cumulative * 1000 if row.iou is not None else 0
         channel = _Open(
-            row, terms or row.terms(self.chain), row.charged_milli, row.seq, last_ms=self._now_ms()
+            row,
+            terms or row.terms(self.chain),
+            row.charged_milli,
+            row.seq,
+            last_ms=self._now_ms(),
+            paid_milli=paid,
         )
         self._open[row.id] = channel
         return channel
@@ -176,6 +196,8 @@ class Till:
         channel = self._open.get(iou.channel_id)
         if channel is None:
             raise ChannelRefused(f"no open channel {iou.channel_id.hex()[:16]} here")
+        if channel.refused:
+            raise ChannelRefused(channel.refused)
         terms = channel.terms
         if self._account_of(peer) != terms.client:
             raise ChannelRefused("the channel belongs to another account")
@@ -183,10 +205,6 @@ class Till:
             raise ChannelRefused(f"replayed IOU: seq {iou.seq} is not above {channel.seq}")
         if self._now_ms() >= terms.expiry_ms - self._margin_ms:
             raise ChannelRefused("the channel is about to expire: open another")
-        try:
-            terms.check_iou(self.chain, iou, channel.row.id)
-        except RemoteProtocolError as exc:
-            raise PaymentRefused(f"bad IOU: {exc}") from None
         max_tokens = mw.max_tokens(request)
         if max_tokens > self.policy.max_tokens_per_request:
             raise PaymentRefused(
@@ -196,13 +214,20 @@ class Till:
         price = self._price_for(channel, request.expert)
         max_cost = mw.cost_milli(max_tokens, price)
         owed = channel.charged_milli + channel.reserved_milli + max_cost
+        check_now = channel.paid_milli < owed  # else a checked IOU pays for this call already
+        try:
+            terms.check_iou(self.chain, iou, channel.row.id, signature=check_now)
+        except RemoteProtocolError as exc:
+            raise PaymentRefused(f"bad IOU: {exc}") from None
         if iou.cumulative * 1000 < owed:
             raise PaymentRefused(
                 f"IOU of {iou.cumulative} credits does not cover {mw.credits_for(owed)}"
             )
         channel.seq = iou.seq
         channel.reserved_milli += max_cost
-        return Ticket(channel, iou, request.pay, price, max_cost, max_tokens)
+        if check_now:
+            channel.paid_milli = max(channel.paid_milli, iou.cumulative * 1000)
+        return Ticket(channel, iou, request.pay, price, max_cost, max_tokens, check_now)
 
     def charge(self, ticket: object, request: wire.Request, result: wire.Result) -> list[object]:
         assert isinstance(ticket, Ticket) and not isinstance(result, wire.ErrorResult)
@@ -212,7 +237,7 @@ class Till:
         channel.reserved_milli -= ticket.max_cost_milli
         channel.charged_milli += cost
         channel.last_ms = self._now_ms()
-        receipt = mw.Receipt(
+        fields = (
             channel.row.id,
             ticket.iou.seq,
             request.expert,
@@ -224,12 +249,31 @@ class Till:
             cost,
             channel.charged_milli,
         )
-        signed = replace(receipt, signature=self._sign(receipt.message()))
-        self.store.record_served(channel.row.peer, channel.terms.client, signed, ticket.iou_bytes)
+        signed = mw.Receipt(*fields, self._sign(mw.Receipt(*fields).message()))
+        iou = ticket.iou_bytes if ticket.checked else None  # (stored by `answered` once checked)
+        self.store.record_served(channel.row.peer, channel.terms.client, signed, iou)
         self._served_today += tokens
         client = channel.terms.client
         self._client_today[client] = self._client_today.get(client, 0) + tokens
         return signed.to_wire()
+
+    def answered(self, ticket: object) -> None:
+        """After a charged call's answer went out: check an IOU whose check could wait, and
+        store it; one that fails ends the channel's service (the calls it came with were paid
+        by an earlier IOU)."""
+        assert isinstance(ticket, Ticket)
+        if ticket.checked:
+            return
+        channel, iou = ticket.channel, ticket.iou
+        try:
+            iou.verify(channel.terms.iou_key)
+        except RemoteProtocolError as exc:
+            if not channel.refused:
+                log.warning("channel %s: bad IOU %d: %s", channel.row.id.hex()[:12], iou.seq, exc)
+            channel.refused = f"an IOU of this channel failed its check: {exc}"
+            return
+        channel.paid_milli = max(channel.paid_milli, iou.cumulative * 1000)
+        self.store.served_iou(channel.row.id, iou.seq, ticket.iou_bytes)
 
     def release(self, ticket: object) -> None:
         assert isinstance(ticket, Ticket)

@@ -9,7 +9,8 @@ thread hop would cost more than the pass.
 
 A node that serves for pay has a `PaymentGate`: each request is admitted (its IOU checked
 against the channel and the call's largest cost) in the order it came off the stream, before
-any work; the answer is charged (stored, receipt signed) before it is sent.
+any work; the answer is charged (stored, receipt signed) before it is sent, and the gate hears
+once it has gone (`answered`), for what can wait until then.
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ class PaymentGate(Protocol):
 
     def charge(self, ticket: object, request: wire.Request, result: wire.Result) -> list[Any]:
         """Charge an answered call, durably, and return its signed receipt (wire form)."""
+        ...
+
+    def answered(self, ticket: object) -> None:
+        """A charged call's answer has gone out (or could not): work that could wait."""
         ...
 
     def release(self, ticket: object) -> None:
@@ -299,6 +304,9 @@ class ExpertHost:
             await answer(result)  # type: ignore[misc]
         except (NetworkError, PeerTimeout) as exc:
             log.debug("could not answer %s: %s", peer, exc)
+        if charged:
+            assert self.gate is not None
+            self.gate.answered(ticket)
 
     async def call(self, request: wire.Request, *, alone: bool = False) -> wire.Result:
         """Run one request against a hosted expert (also used for local calls); `alone`:

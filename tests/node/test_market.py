@@ -24,7 +24,7 @@ from node.market_store import MarketStore
 from protocols import infer_wire as wire
 from protocols import market_wire as mw
 from protocols.infer_client import CallFailed, InferChannel
-from protocols.infer_server import ExpertHost, PaymentRefused
+from protocols.infer_server import ChannelRefused, ExpertHost, PaymentRefused
 from protocols.stream import Stream, memory_stream_pair
 from tests.dag.helpers import GENESIS_MS, key, make_genesis, signed
 
@@ -220,6 +220,63 @@ def test_a_replayed_iou_is_refused(tmp_path: Path) -> None:
     market.till.release(ticket)
     with pytest.raises(PaymentRefused, match="replayed"):
         market.till.admit("caller", request)
+
+
+def test_an_iou_paid_for_already_is_checked_after_the_answer_and_a_bad_one_ends_service(
+    tmp_path: Path,
+) -> None:
+    market = Market(tmp_path)
+    till = market.till
+    ious = {}
+
+    def answer(seq: int, signer: SigningKey = IOU_KEY) -> Any:
+        ious[seq] = _iou(market, 1, seq, signer)  # 1 credit: 50 calls at 0.02
+        request = replace(_request(seq), pay=ious[seq])
+        ticket = till.admit("caller", request)
+        result = wire.ArrayResult(seq, FFN.expert_id, 1, 64, bytes(256), 1, 1, 5)
+        till.charge(ticket, request, result)
+        return ticket
+
+    def stored() -> Any:
+        row = till.store.channel(market.id)
+        assert row is not None
+        return row
+
+    first = answer(1)
+    assert first.checked  # nothing paid for this call before its own IOU
+    till.answered(first)
+    second = answer(2)
+    assert not second.checked  # the first IOU pays for it: checked after the answer
+    assert stored().iou == ious[1]  # stored only once checked
+    till.answered(second)
+    assert stored().iou == ious[2]
+    forged = answer(3, signer=MALLORY)  # answered: the second IOU pays for it
+    till.answered(forged)
+    with pytest.raises(ChannelRefused, match="failed its check"):
+        till.admit("caller", replace(_request(4), pay=_iou(market, 1, 4)))
+    row = stored()
+    assert row.iou == ious[2] and row.charged_milli == 3 * 2 * PRICE
+    # The last good IOU pays for every answer, the forged one's too.
+    ledger = _settle_and_apply(market, row.iou, row.charged_milli)
+    assert ledger.balance(PROVIDER.account_id) == 1
+
+
+def test_a_provider_restarted_before_a_late_check_keeps_the_earlier_iou(tmp_path: Path) -> None:
+    market = Market(tmp_path)
+    first = _iou(market, 1, 1)
+    for seq, pay in ((1, first), (2, _iou(market, 1, 2))):
+        request = replace(_request(seq), pay=pay)
+        ticket = market.till.admit("caller", request)
+        result = wire.ArrayResult(seq, FFN.expert_id, 1, 64, bytes(256), 1, 1, 5)
+        market.till.charge(ticket, request, result)
+        if seq == 1:
+            market.till.answered(ticket)
+    # kill -9 here, before the second IOU's late check: a new till on the same files
+    again = _till(tmp_path)
+    row = again.store.channel(market.id)
+    assert row is not None and row.iou == first and row.charged_milli == 2 * 2 * PRICE
+    state = again.state(market.id)
+    assert state is not None and state.seq == 2 and state.paid_milli == 1000
 
 
 def test_the_client_day_limit_holds_across_calls(tmp_path: Path) -> None:
