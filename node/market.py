@@ -266,6 +266,10 @@ class Market:
         assert isinstance(ticket, PayTicket)
         return self.purse.sign(ticket)
 
+    def ahead(self, ticket: object) -> None:
+        assert isinstance(ticket, PayTicket)
+        self.purse.ahead(ticket)
+
     def paid(self, ticket: object, result: wire.TextResult | wire.ArrayResult) -> int:
         assert isinstance(ticket, PayTicket)
         cost = self.purse.record(ticket, result)

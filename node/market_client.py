@@ -8,6 +8,11 @@ checked against the provider's host key, the request and answer it names, and th
 own count of the tokens. A receipt that claims more than the client counted is kept, marked
 disputed, and the client goes on paying by its own count; the provider can never claim more
 than the newest IOU, which names the client's count plus open reservations.
+
+While a call's answer is on its way, `ahead` signs the IOU the next call will need if it is
+like this one (only when the call is the channel's only one open): a client making one call
+after another signs while it waits, not on the next call, and `sign` uses that IOU only if
+it names exactly what the next call's own would.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class ClientChannel:
     seq: int
     reserved_milli: int = 0
     synced: bool = False  # our counts agree with the provider's (see `resume`)
+    spare: tuple[Iou, bytes] | None = None  # signed by `ahead` for the next call, not sent
 
     @property
     def id(self) -> bytes:
@@ -119,10 +125,24 @@ class Purse:
     def sign(self, ticket: PayTicket) -> bytes:
         """The IOU for a reserved call (called as the request goes on the wire)."""
         channel = ticket.channel
+        cumulative = max(1, mw.credits_for(channel.owed_milli + channel.reserved_milli))
+        spare, channel.spare = channel.spare, None
         channel.seq += 1
-        cumulative = mw.credits_for(channel.owed_milli + channel.reserved_milli)
-        iou = Iou.create(channel.key, channel.id, max(1, cumulative), channel.seq)
-        return iou.to_bytes()
+        if spare is not None and (spare[0].seq, spare[0].cumulative) == (channel.seq, cumulative):
+            return spare[1]  # signed ahead: the very IOU this call needs
+        return Iou.create(channel.key, channel.id, cumulative, channel.seq).to_bytes()
+
+    def ahead(self, ticket: PayTicket) -> None:
+        """The call's request is sent: sign the IOU of a next call like it, while we wait."""
+        channel = ticket.channel
+        if channel.spare is not None or channel.reserved_milli != ticket.max_cost_milli:
+            return  # other calls are open: the next one's IOU cannot be told now
+        # What we will owe if this answer costs its most, and the next call reserves as much.
+        owed = channel.owed_milli + 2 * ticket.max_cost_milli
+        cumulative = max(1, mw.credits_for(owed))
+        if cumulative <= channel.terms.deposit:
+            iou = Iou.create(channel.key, channel.id, cumulative, channel.seq + 1)
+            channel.spare = (iou, iou.to_bytes())
 
     def release(self, ticket: PayTicket) -> None:
         ticket.channel.reserved_milli -= ticket.max_cost_milli

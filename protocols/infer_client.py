@@ -65,10 +65,14 @@ class InferChannel:
             return self._framed
 
     async def call(
-        self, request: wire.Request, pay: Callable[[], bytes] | None = None
+        self,
+        request: wire.Request,
+        pay: Callable[[], bytes] | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> wire.TextResult | wire.ArrayResult:
         """Send `request` and wait for its answer; the caller bounds the wait. `pay` makes the
-        call's IOU; it runs under the send lock, so IOUs go out in the order they are made."""
+        call's IOU; it runs under the send lock, so IOUs go out in the order they are made.
+        `on_sent` runs once the request is on the wire: work to do while the answer comes."""
         framed = await self._stream()
         pending = self._pending[request.id] = _Pending()
         try:
@@ -85,6 +89,8 @@ class InferChannel:
                         # Cancelled or failed part-way through a frame: the stream's framing
                         # is broken for every later call, so it goes.
                         self._drop(framed)
+            if on_sent is not None:
+                on_sent()
             await pending.done.wait()
         except NetworkError:
             self._drop(framed)

@@ -65,6 +65,9 @@ class Payer(Protocol):
     def sign(self, ticket: object) -> bytes:
         """The IOU of a prepared call, made as its request goes on the wire."""
 
+    def ahead(self, ticket: object) -> None:
+        """The call's request is on the wire: work that can be done while the answer comes."""
+
     def paid(self, ticket: object, result: wire.TextResult | wire.ArrayResult) -> int:
         """Check and keep the answer's receipt; what the call cost in milli-credits."""
 
@@ -376,7 +379,9 @@ class Inference:
             if ticket is None:
                 return await channel.call(call), 0, started
             try:
-                result = await channel.call(call, pay=partial(payer.sign, ticket))
+                result = await channel.call(
+                    call, pay=partial(payer.sign, ticket), on_sent=partial(payer.ahead, ticket)
+                )
             except CallFailed as exc:
                 payer.unpaid(ticket, exc)
                 if again and exc.code == "channel":

@@ -112,12 +112,18 @@ def _request(i: int, rows: int = 1) -> wire.TensorRequest:
     return wire.TensorRequest.of(i, FFN.expert_id, 5_000, x)
 
 
-async def _paid_call(market: Market, channel: InferChannel, i: int, rows: int = 1) -> Any:
+async def _paid_call(
+    market: Market, channel: InferChannel, i: int, rows: int = 1, *, ahead: bool = False
+) -> Any:
     request = _request(i, rows)
     ticket = market.purse.reserve(market.channel, "provider", request, PRICE)
     assert ticket is not None
     try:
-        result = await channel.call(request, pay=lambda: market.purse.sign(ticket))
+        result = await channel.call(
+            request,
+            pay=lambda: market.purse.sign(ticket),
+            on_sent=(lambda: market.purse.ahead(ticket)) if ahead else None,
+        )
     except BaseException:
         market.purse.release(ticket)
         raise
@@ -162,6 +168,41 @@ async def test_paid_calls_are_charged_receipted_and_settle_what_was_served(tmp_p
     earned = market.till.store.usage()
     assert [(u["kind"], u["calls"], u["credits"]) for u in used] == [("used", 61, 1.28)]
     assert [(u["kind"], u["calls"], u["credits"]) for u in earned] == [("earned", 61, 1.28)]
+
+
+async def test_the_iou_signed_while_an_answer_comes_pays_for_the_next_call_like_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    market = Market(tmp_path)
+    host = ExpertHost([FFN], gate=market.till)
+    signed_at: list[tuple[int, int]] = []  # (seq, cumulative) of every IOU the client signs
+    create = Iou.create
+
+    def counted(key: SigningKey, channel: bytes, cumulative: int, seq: int) -> Iou:
+        signed_at.append((seq, cumulative))
+        return create(key, channel, cumulative, seq)
+
+    monkeypatch.setattr(Iou, "create", counted)
+    sent = []
+    sign = market.purse.sign
+    monkeypatch.setattr(market.purse, "sign", lambda t: sent.append(sign(t)) or sent[-1])
+    with trio.fail_after(20):
+        async with serving(host) as channel:
+            await _paid_call(market, channel, 1, ahead=True)
+            assert signed_at == [(1, 1), (2, 1)]  # its own, then the next call's, ahead
+            spare = market.channel.spare
+            assert spare is not None
+            await _paid_call(market, channel, 2, ahead=True)
+            assert sent[1] == spare[1] and signed_at[2:] == [(3, 1)]  # no new one on the call
+            # 60 rows: 1.2 credits reserved, more than the IOU signed ahead names: signed anew.
+            await _paid_call(market, channel, 3, rows=60)
+            assert signed_at[3:] == [(3, 2)]
+            await _paid_call(market, channel, 4)
+    assert [Iou.from_bytes(b).seq for b in sent] == [1, 2, 3, 4]
+    assert market.channel.owed_milli == (2 + 2 + 120 + 2) * PRICE
+    row = market.till.store.channel(market.id)
+    assert row is not None and row.iou == sent[-1] and row.charged_milli == 1260
+    _settle_and_apply(market, row.iou, row.charged_milli)
 
 
 def _iou(market: Market, cumulative: int, seq: int, signer: SigningKey = IOU_KEY) -> bytes:
