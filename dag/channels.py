@@ -178,7 +178,10 @@ class Iou:
 
     @staticmethod
     def _message(channel: bytes, cumulative: int, seq: int) -> bytes:
-        return IOU_SIGN_DOMAIN + encode([IOU_TAG, IOU_VERSION, channel, cumulative, seq])
+        # (The fields were checked one by one, by `create` or by `from_fields`.)
+        return IOU_SIGN_DOMAIN + encode(
+            [IOU_TAG, IOU_VERSION, channel, cumulative, seq], types_checked=True
+        )
 
     @classmethod
     def create(cls, client_key: SigningKey, channel: bytes, cumulative: int, seq: int) -> Iou:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from libp2p.peer.id import ID
 
+from dag.crypto import Scheme, SigningKey
 from dag.engine import Engine
 from dag.genesis import Genesis
 from dag.store import Store
@@ -155,6 +156,13 @@ def build_node(config: NodeConfig, *, wall_clock: Callable[[], float] = time.tim
     )
     account_of = _account_of(peers)
     floor = config.experts.price_per_1k
+    # The host key signs every receipt: through libsodium directly, not libp2p's wrapper.
+    host_key = SigningKey(Scheme.ED25519, keys.host.private_key.to_bytes())
+    assert host_key.public_key.raw == keys.host.public_key.to_bytes()
+
+    def host_sign(message: bytes) -> bytes:
+        return host_key.sign(message).value
+
     till = Till(
         policy=config.market,
         store=market_store,
@@ -163,7 +171,7 @@ def build_node(config: NodeConfig, *, wall_clock: Callable[[], float] = time.tim
         floor_price=lambda expert: floor if expert in host.experts else None,
         queue_depth=host.queue_depth,
         queue_cap=host.limits.queue_per_expert,
-        host_sign=keys.host.private_key.sign,
+        host_sign=host_sign,
         now_ms=lambda: int(wall_clock() * 1000),
     )
     host.gate = till
@@ -182,7 +190,7 @@ def build_node(config: NodeConfig, *, wall_clock: Callable[[], float] = time.tim
         host=host,
         p2p=p2p,
         account=keys.account,
-        host_sign=keys.host.private_key.sign,
+        host_sign=host_sign,
         # A node that does not serve for pay announces its experts free.
         settings=ExpertSettings(price_per_1k=floor if config.market.serve_paid else 0),
         wall_clock=wall_clock,

@@ -214,9 +214,12 @@ def _count(body: dict[str, Any], key: str, peer: str, high: int) -> int:
     return value
 
 
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
 def _expert(body: dict[str, Any], peer: str) -> str:
     expert: str = field(body, "expert", str, peer=peer, max_len=64)
-    if len(expert) != 64 or any(c not in "0123456789abcdef" for c in expert):
+    if len(expert) != 64 or not _HEX_DIGITS.issuperset(expert):
         raise RemoteProtocolError(f"{body['t']}: expert must be a 64-hex-digit id", peer=peer)
     return expert
 

@@ -62,16 +62,18 @@ def _digest(*parts: bytes) -> bytes:
 def request_digest(request: wire.Request) -> bytes:
     """What a receipt names as the request: a hash of everything the answer depends on."""
     if isinstance(request, wire.TensorRequest):
-        shape = encode([request.rows, request.cols])
+        shape = encode([request.rows, request.cols], types_checked=True)  # ints, as parsed
         return _digest(request.expert.encode(), shape, request.data)
     temperature = round(request.temperature * 1_000_000)  # the codec takes no floats
-    params = encode([request.max_tokens, temperature, request.top_k, request.seed])
+    params = encode(
+        [request.max_tokens, temperature, request.top_k, request.seed], types_checked=True
+    )
     return _digest(request.expert.encode(), request.prompt.encode(), params)
 
 
 def output_digest(result: wire.TextResult | wire.ArrayResult) -> bytes:
     if isinstance(result, wire.ArrayResult):
-        return _digest(encode([result.rows, result.cols]), result.data)
+        return _digest(encode([result.rows, result.cols], types_checked=True), result.data)
     return _digest(result.text.encode())
 
 
@@ -126,7 +128,8 @@ class Receipt:
         ]
 
     def message(self) -> bytes:
-        return RECEIPT_SIGN_DOMAIN + encode(self._fields())
+        # Every field is typed: checked one by one by `from_wire`, or made by the provider.
+        return RECEIPT_SIGN_DOMAIN + encode(self._fields(), types_checked=True)
 
     def to_wire(self) -> list[Any]:
         return [*self._fields(), self.signature]
