@@ -183,9 +183,14 @@ async def test_the_iou_signed_while_an_answer_comes_pays_for_the_next_call_like_
         return create(key, channel, cumulative, seq)
 
     monkeypatch.setattr(Iou, "create", counted)
-    sent = []
+    sent: list[bytes] = []  # every IOU the calls carried
     sign = market.purse.sign
-    monkeypatch.setattr(market.purse, "sign", lambda t: sent.append(sign(t)) or sent[-1])
+
+    def kept(ticket: Any) -> bytes:
+        sent.append(sign(ticket))
+        return sent[-1]
+
+    monkeypatch.setattr(market.purse, "sign", kept)
     with trio.fail_after(20):
         async with serving(host) as channel:
             await _paid_call(market, channel, 1, ahead=True)
