@@ -124,7 +124,6 @@ class Market:
             # A clean stop keeps the receipts of the last answers (the checker's batch in
             # flight, if any, was kept before its task ended).
             self._report(self.purse.check())
-            self.store.flush()
 
     # -- provider: the desk ---------------------------------------------------------------
 

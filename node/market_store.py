@@ -156,10 +156,10 @@ class MarketStore:
         try:
             for body in self._journal.read():
                 row = _journaled(body)
-                if len(row) == _RECEIPT_COLUMNS:
-                    self._served.append(row)
-                else:
+                if row[0] == "iou":
                     self._ious.append((row[3], row[1], row[2]))
+                else:
+                    self._served.append(row)
         except (JournalError, ValueError) as exc:
             self._journal.close()
             raise MarketStoreError(f"market store {path}: {exc}") from None
@@ -264,17 +264,18 @@ class MarketStore:
         journaled before the answer goes out. The channel's total, seq and newest IOU are
         read back from these rows."""
         row = _receipt_row("provider", peer, client, receipt, "", iou, self._now_ms())
-        self._journal.append(msgpack.packb(row, use_bin_type=True))
+        self._journal_record(row)
         self._served.append(row)
-        if len(self._served) + len(self._ious) == 1:
-            self.on_served()
 
     def served_iou(self, channel_id: bytes, seq: int, iou: bytes) -> None:
         """The IOU of an answer recorded without it (its signature was checked after)."""
-        self._journal.append(msgpack.packb(["iou", channel_id, seq, iou], use_bin_type=True))
+        self._journal_record(("iou", channel_id, seq, iou))
         self._ious.append((iou, channel_id, seq))
-        if len(self._served) + len(self._ious) == 1:
-            self.on_served()
+
+    def _journal_record(self, record: tuple[Any, ...]) -> None:
+        if not self._served and not self._ious:
+            self.on_served()  # the first record since the last flush
+        self._journal.append(msgpack.packb(record, use_bin_type=True))
 
     def flush(self) -> None:
         """Write the journaled rows into the database in one transaction, then clear the
