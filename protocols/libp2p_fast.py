@@ -232,24 +232,15 @@ def install_buffered_tcp_reads() -> None:
         original_init(self, *args, **kwargs)
         self.swarm_ahead = bytearray()
 
-    def take(ahead: bytearray, n: int | None) -> bytes:
-        if n is None or n >= len(ahead):
-            data = bytes(ahead)
-            ahead.clear()
-        else:
-            data = bytes(ahead[:n])
-            del ahead[:n]
-        return data
-
     async def read(self: Any, n: int | None = None) -> bytes:
         ahead: bytearray = self.swarm_ahead
         if ahead:
-            return take(ahead, n)
+            return _take(ahead, n)
         if n == 0:
             return b""
         async with self.read_lock:
             if ahead:  # read for us while we waited
-                return take(ahead, n)
+                return _take(ahead, n)
             try:
                 data = await self.stream.receive_some(
                     READ_AHEAD if n is None else max(n, READ_AHEAD)
@@ -268,6 +259,17 @@ def install_buffered_tcp_reads() -> None:
     read.swarm_buffered = True  # type: ignore[attr-defined]
     TrioTCPStream.__init__ = init  # type: ignore[method-assign]
     TrioTCPStream.read = read  # type: ignore[method-assign]
+
+
+def _take(buffer: bytearray, n: int | None) -> bytes:
+    """The first `n` bytes of `buffer` (all of it if None), removed from it."""
+    if n is None or n >= len(buffer):
+        data = bytes(buffer)
+        buffer.clear()
+    else:
+        data = bytes(buffer[:n])
+        del buffer[:n]
+    return data
 
 
 async def _read_exactly(reader: Reader, n: int, retry_count: int = 100) -> bytes:
@@ -538,3 +540,52 @@ def install_direct_noise_writes() -> None:
 
     write_msg.swarm_direct = True  # type: ignore[attr-defined]
     NoiseTransportReadWriter.write_msg = write_msg  # type: ignore[method-assign]
+
+
+def install_lean_stream_reads() -> None:
+    """Serve a stream read from data its Yamux buffer already holds, without the library's
+    four layers for it.
+
+    py-libp2p 0.8 reads a stream through `NetStream.read` (its state lock), `YamuxStream.read`
+    and `Yamux.read_stream` (the connection's stream lock, two to five debug lines formatted
+    whether or not debug logging is on, with the peer id in each), then the window release.
+    Here a read of an open stream whose buffer has data, while none of those locks is held
+    and no window update is due, takes the data at once: what the library returns in that
+    case, with nothing to await and so nothing in between. Any other read (an empty buffer,
+    a stream closed, reset or in error, a window update to send, another transport) takes
+    the library's path. Install after `install_batched_yamux_window_updates`, whose rule for
+    when an update is due this follows. Installing twice is harmless.
+    """
+    from libp2p.network.stream.net_stream import NetStream, StreamState
+    from libp2p.stream_muxer.yamux.yamux import YamuxStream
+
+    library_read = NetStream.read
+    if getattr(library_read, "swarm_lean", False):
+        return
+    if not getattr(YamuxStream._auto_tune_and_send_window_update, "swarm_batched", False):
+        raise RuntimeError("install_batched_yamux_window_updates first")
+    refused = (StreamState.ERROR, StreamState.RESET)
+
+    async def read(self: Any, n: int | None = None) -> bytes:
+        muxed = self.muxed_stream
+        if n is not None and n > 0 and type(muxed) is YamuxStream and self._state not in refused:
+            conn = muxed.conn
+            buffer = conn.stream_buffers.get(muxed.stream_id)
+            if (
+                buffer
+                and not muxed.closed
+                and not muxed.reset_received
+                and not self._state_lock.locked()
+                and not conn.streams_lock.locked()
+                and not muxed.window_lock.locked()
+                and not conn.event_shutting_down.is_set()
+                and conn.streams.get(muxed.stream_id) is muxed
+            ):
+                left = max(len(buffer) - n, 0)
+                due = muxed.target_recv_window - (muxed.recv_window + left)
+                if due <= 0 or due < muxed._grow_threshold():  # no window update to send
+                    return _take(buffer, n)
+        return await library_read(self, n)
+
+    read.swarm_lean = True  # type: ignore[attr-defined]
+    NetStream.read = read  # type: ignore[method-assign]

@@ -41,6 +41,7 @@ from protocols.libp2p_fast import (
     install_direct_noise_writes,
     install_fast_yamux_writes,
     install_lean_secure_reads,
+    install_lean_stream_reads,
     install_lean_yamux_frames,
     install_quick_stream_locks,
     install_yamux_settings_read_once,
@@ -185,6 +186,7 @@ class P2PService:
         install_buffered_tcp_reads()
         install_lean_secure_reads()
         install_lean_yamux_frames()
+        install_lean_stream_reads()
         install_direct_noise_writes()
         install_clean_dht_stream_ends()
         host = new_host(

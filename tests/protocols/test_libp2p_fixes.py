@@ -14,9 +14,11 @@ from libp2p.stream_muxer.yamux.yamux import YamuxStream
 from dag.crypto import Scheme
 from protocols.libp2p_fast import (
     QuickLock,
+    install_batched_yamux_window_updates,
     install_buffered_tcp_reads,
     install_direct_noise_writes,
     install_lean_secure_reads,
+    install_lean_stream_reads,
     install_lean_yamux_frames,
     install_yamux_settings_read_once,
 )
@@ -426,6 +428,62 @@ async def test_yamux_delivers_common_frames_itself_and_others_through_the_librar
     assert stream.send_window == send_before + 200
     # only the loop's start and its one header read: nothing per frame
     assert len(formatted) == 2, formatted
+
+
+async def test_stream_reads_take_buffered_data_at_once_and_leave_the_rest_to_the_library(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from libp2p.network.stream.exceptions import StreamReset
+    from libp2p.network.stream.net_stream import NetStream
+    from libp2p.peer.id import ID
+    from libp2p.stream_muxer.yamux import yamux
+
+    install_batched_yamux_window_updates()
+    install_lean_stream_reads()
+    install_lean_stream_reads()  # a second install must not wrap the wrapper
+    updates: list[int] = []
+
+    async def window_update(self: YamuxStream, increment: int, skip_lock: bool = False) -> None:
+        updates.append(increment)
+
+    monkeypatch.setattr(YamuxStream, "send_window_update", window_update)
+    muxer = yamux.Yamux(Frames(), ID(b"\x00\x04test"), is_initiator=True)  # type: ignore[arg-type]
+    muxed = yamux.YamuxStream(1, muxer, True)
+    muxer.streams[1], muxer.stream_buffers[1] = muxed, bytearray()
+    muxer.stream_events[1] = trio.Event()
+    stream = NetStream(muxed, None, None)
+    formatted = []
+    monkeypatch.setattr(yamux.logger, "debug", lambda *args, **kw: formatted.append(args))
+
+    def deliver(data: bytes) -> None:  # as the muxer's reader does
+        muxer.stream_buffers[1].extend(data)
+        muxed.recv_window -= len(data)
+        muxer.stream_events[1].set()
+
+    with trio.fail_after(5):
+        deliver(b"abcdef")
+        assert [await stream.read(4), await stream.read(100)] == [b"abcd", b"ef"]
+        assert not formatted and not updates  # no lines formatted, no update due
+        async with trio.open_nursery() as nursery:  # an empty buffer: the library waits
+            got: list[bytes] = []
+
+            async def reader() -> None:
+                got.append(await stream.read(100))
+
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            deliver(b"gh")
+        assert got == [b"gh"] and formatted
+        # A read that uses up half the window sends its update: the library's path.
+        half = b"x" * (muxed.target_recv_window // 2 + 1)  # (the update may grow the target)
+        deliver(half)
+        assert await stream.read(1 << 20) == half
+        assert updates
+        # A reset stream with data left: the library's error, as before.
+        deliver(b"lost")
+        muxed.reset_received = True
+        with pytest.raises(StreamReset):
+            await stream.read(100)
 
 
 async def test_noise_messages_go_straight_to_the_socket_whole_and_in_order() -> None:
