@@ -107,9 +107,10 @@ class _Waiting:
 class TensorBatcher:
     """One runner per tensor expert: calls queue while a pass runs, the next takes them all.
 
-    A call that comes `alone` (no other call to this expert read and waiting) to an idle
-    runner is computed at once in the caller's task, when small: the hand-over to the runner
-    and back costs two or three trips through trio's scheduler, more than a small pass."""
+    A call that comes alone (no other call to this expert read and waiting) to an idle
+    runner is computed at once in the caller's task (`now`), when small: the hand-over to the
+    runner and back costs two or three trips through trio's scheduler, more than a small
+    pass."""
 
     def __init__(self, expert: TensorExpert, limits: ServeLimits) -> None:
         self.expert = expert
@@ -120,14 +121,24 @@ class TensorBatcher:
         self.batches = 0
         self.rows = 0
 
-    async def call(
-        self, rows: npt.NDArray[np.float32], *, alone: bool = False
-    ) -> npt.NDArray[np.float32]:
-        if alone and not self._running and not self._queue and rows.size <= INLINE_CELLS:
-            out = self.expert.forward(rows)
-            self.batches += 1
-            self.rows += len(rows)
-            return out
+    @property
+    def idle(self) -> bool:
+        """No pass runs and no call waits for one."""
+        return not self._running and not self._queue
+
+    def takes_inline(self, rows: int, cols: int) -> bool:
+        """Whether a lone call of this size would be computed at once (see `now`)."""
+        return self.idle and rows * cols <= INLINE_CELLS
+
+    def now(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Compute a lone call at once, in the caller's task, when `takes_inline`."""
+        out = self.expert.forward(rows)
+        self.batches += 1
+        self.rows += len(rows)
+        return out
+
+    async def call(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Queue `rows` for the next pass and wait for their output."""
         if len(self._queue) >= self.limits.queue_per_expert:
             raise Busy(f"expert {self.expert.expert_id[:12]} has {len(self._queue)} calls queued")
         waiting = _Waiting(rows)
@@ -262,9 +273,23 @@ class ExpertHost:
                     continue
                 self._inflight[peer] += 1
                 self._arrived[request.expert] += 1
-                nursery.start_soon(self._handle, peer, request, answer, ticket)
+                if not framed.buffered and self._runs_inline(request):
+                    # Nothing else has come in, and the pass is small: answering here costs
+                    # no task and no trip through the scheduler (a spawn costs about as much
+                    # as the pass), and reading on would find nothing to read.
+                    await self._handle(peer, request, answer, ticket)
+                else:
+                    nursery.start_soon(self._handle, peer, request, answer, ticket)
         if failure is not None:
             raise failure
+
+    def _runs_inline(self, request: wire.Request) -> bool:
+        """Whether `request` is a tensor call its expert's batcher would compute at once
+        (see `TensorBatcher`): no other call to that expert waits or runs."""
+        if not isinstance(request, wire.TensorRequest) or self._arrived[request.expert] != 1:
+            return False
+        batcher = self._batchers.get(request.expert)
+        return batcher is not None and batcher.takes_inline(request.rows, request.cols)
 
     async def _handle(
         self,
@@ -332,10 +357,14 @@ class ExpertHost:
                 raise CallError(
                     "bad_input", f"at most {expert.manifest.limits.max_batch} rows per call"
                 )
-            with trio.move_on_at(deadline) as scope:
-                out = await self._batchers[expert.expert_id].call(rows, alone=alone)
-            if scope.cancelled_caught:
-                raise CallError("deadline", "the deadline passed in the queue")
+            batcher = self._batchers[expert.expert_id]
+            if alone and batcher.takes_inline(*rows.shape):
+                out = batcher.now(rows)  # nothing to wait for: no deadline to watch
+            else:
+                with trio.move_on_at(deadline) as scope:
+                    out = await batcher.call(rows)
+                if scope.cancelled_caught:
+                    raise CallError("deadline", "the deadline passed in the queue")
             result: wire.Result = wire.ArrayResult(
                 request.id,
                 expert.expert_id,

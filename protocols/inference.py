@@ -279,7 +279,7 @@ class Inference:
                     break
                 answer = await self._try(candidate, request, domain, deadline, race)
                 if answer is not None:
-                    return replace(answer, attempts=tuple(race.attempts))
+                    return answer  # its attempts are all there were
             raise self._failed(race, deadline_s)
         queue = iter(found)  # shared by the runners: each candidate is tried once
         with trio.move_on_at(deadline):
@@ -361,6 +361,7 @@ class Inference:
             tokens_out=result.tokens_out,
             price_per_1k=price,
             elapsed_s=elapsed,
+            attempts=tuple(race.attempts),
             cost_milli=cost,
         )
 

@@ -113,6 +113,11 @@ class FramedStream:
     def remote_peer(self) -> str:
         return self.stream.remote_peer
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet returned as a message (the start of the next ones)."""
+        return self._decoder.buffered
+
     async def send(self, body: dict[str, Any]) -> None:
         await self.stream.send_all(encode_frame(body))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import numpy as np
 import pytest
@@ -92,9 +93,18 @@ async def test_calls_that_arrive_together_share_one_forward_pass() -> None:
     assert batcher.rows == 30 and batcher.batches <= 3
 
 
-async def test_a_lone_call_is_computed_at_once_without_the_batch_runner() -> None:
+async def test_a_lone_call_is_computed_at_once_without_the_batch_runner(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     host = ExpertHost([FFN])  # host.run (the batch runner) is never started here
     ours, theirs = memory_stream_pair()
+    handled_in, handle = [], ExpertHost._handle
+
+    async def recorded(self: ExpertHost, *args: Any) -> None:
+        handled_in.append(trio.lowlevel.current_task())
+        await handle(self, *args)
+
+    monkeypatch.setattr(ExpertHost, "_handle", recorded)
     row = np.random.default_rng(2).standard_normal(64).astype(np.float32)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -107,6 +117,9 @@ async def test_a_lone_call_is_computed_at_once_without_the_batch_runner() -> Non
                 np.testing.assert_allclose(result.array(), FFN.forward(row[None]), rtol=1e-5)
             nursery.cancel_scope.cancel()
     assert host._batchers[FFN.expert_id].batches == 3
+    # ...and answered by the task that read it: no task spawned per call
+    assert len(handled_in) == 3 and len(set(handled_in)) == 1
+    assert handled_in[0].name.endswith("serve")
 
 
 async def test_generation_counts_tokens_as_the_expert_does() -> None:
