@@ -42,6 +42,17 @@ def encode(value: Encodable, *, types_checked: bool = False) -> bytes:
     return packed
 
 
+def array_header(length: int) -> bytes:
+    """msgpack's header of an array of `length` items. An array encodes as this header and
+    then each item's encoding in turn, so encodings made once can be joined into a larger
+    one (a vertex from its transactions') with the very bytes `encode` would give."""
+    if length < 16:
+        return bytes((0x90 | length,))
+    if length < 1 << 16:
+        return b"\xdc" + length.to_bytes(2, "big")
+    return b"\xdd" + length.to_bytes(4, "big")
+
+
 _LEAVES = (int, bytes, str)
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dag.codec import (
+    array_header,
     as_array,
     as_bytes,
     as_int,
@@ -68,12 +69,20 @@ class Transaction:
     signature: Signature
     id: bytes = field(init=False, repr=False, compare=False)
     account: bytes = field(init=False, repr=False, compare=False)
+    # The canonical bytes (`to_bytes`), made with the id: a vertex's encoding joins them.
+    encoded: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Every field was checked when the transaction was parsed or created.
-        body = _body(self.chain, self.public_key, self.nonce, self.kind, self.payload)
-        object.__setattr__(self, "id", _hash(encode(body, types_checked=True)))
+        body = encode(
+            _body(self.chain, self.public_key, self.nonce, self.kind, self.payload),
+            types_checked=True,
+        )
+        object.__setattr__(self, "id", _hash(body))
         object.__setattr__(self, "account", self.public_key.account_id)
+        # The body's eight items (after its one-byte header), then the signature.
+        signature = encode(signature_fields(self.signature), types_checked=True)
+        object.__setattr__(self, "encoded", array_header(9) + body[1:] + signature)
 
     @classmethod
     def create(
@@ -107,7 +116,7 @@ class Transaction:
         return [*body, signature_fields(self.signature)]
 
     def to_bytes(self) -> bytes:
-        return encode(self.to_fields())
+        return self.encoded
 
     @classmethod
     def from_fields(cls, value: object, registry: KindRegistry, *, chain: bytes) -> Transaction:

@@ -25,9 +25,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from dag.codec import as_array, as_bytes, as_int, decode_canonical, encode, expect_header
+from dag.codec import (
+    array_header,
+    as_array,
+    as_bytes,
+    as_int,
+    decode_canonical,
+    encode,
+    expect_header,
+)
 from dag.crypto import PublicKey, Signature, SigningKey
 from dag.errors import InvalidSignature, InvalidVertex, LocalProtocolError
 from dag.genesis import Genesis
@@ -77,21 +84,27 @@ class Vertex:
 
     def __post_init__(self) -> None:
         # Every field was checked when the vertex was parsed or its transactions built.
-        object.__setattr__(self, "id", _hash(encode(self._body(), types_checked=True)))
+        object.__setattr__(self, "id", _hash(self._body()))
         object.__setattr__(self, "author", self.author_key.account_id)
         object.__setattr__(self, "_encoded", None)
 
-    def _body(self) -> list[Any]:
-        return [
-            VERTEX_TAG,
-            VERTEX_VERSION,
-            self.chain,
-            int(self.author_key.scheme),
-            self.author_key.raw,
-            list(self.parents),
-            self.timestamp_ms,
-            [tx.to_fields() for tx in self.txs],
-        ]
+    def _body(self) -> bytes:
+        """The encoding of the unsigned body: its first seven items, then the transactions,
+        joined from their own encodings rather than packed again one field at a time."""
+        head = encode(
+            [
+                VERTEX_TAG,
+                VERTEX_VERSION,
+                self.chain,
+                int(self.author_key.scheme),
+                self.author_key.raw,
+                list(self.parents),
+                self.timestamp_ms,
+            ],
+            types_checked=True,
+        )
+        txs = b"".join(tx.encoded for tx in self.txs)
+        return array_header(8) + head[1:] + array_header(len(self.txs)) + txs
 
     @classmethod
     def create(
@@ -164,7 +177,8 @@ class Vertex:
 
     def to_bytes(self) -> bytes:
         if self._encoded is None:
-            encoded = encode([*self._body(), signature_fields(self.signature)], types_checked=True)
+            signature = encode(signature_fields(self.signature), types_checked=True)
+            encoded = array_header(9) + self._body()[1:] + signature
             object.__setattr__(self, "_encoded", encoded)
             return encoded
         return self._encoded

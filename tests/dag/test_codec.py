@@ -3,6 +3,7 @@ import pytest
 
 from dag.codec import (
     Encodable,
+    array_header,
     as_array,
     as_bytes,
     as_int,
@@ -29,6 +30,13 @@ def test_encoding_is_canonical_and_round_trips() -> None:
     # bytes are msgpack bin, text is str
     assert encode(b"ab")[0] == 0xC4
     assert encode("ab")[0] == 0xA2
+
+
+@pytest.mark.parametrize("length", [0, 15, 16, 65_535, 65_536])
+def test_an_array_joined_from_its_items_encodings_is_the_array_encoded(length: int) -> None:
+    items: list[Encodable] = [i % 300 for i in range(length)]
+    joined = array_header(length) + b"".join(encode(item) for item in items)
+    assert joined == encode(items)
 
 
 @pytest.mark.parametrize("bad", [1.5, True, None, {"a": 1}, [1, [2, 0.5]]])

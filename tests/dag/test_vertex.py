@@ -1,4 +1,5 @@
 from dataclasses import replace
+from hashlib import blake2b
 
 import pytest
 
@@ -37,6 +38,18 @@ def test_vertex_round_trips_and_verifies_with_ml_dsa() -> None:
     # ML-DSA signing is randomised; the id covers the unsigned body only.
     resigned = Vertex.create(author, chain=CHAIN, parents=[ROOT], timestamp_ms=NOW, txs=txs)
     assert resigned.signature != vertex.signature and resigned.id == vertex.id
+
+
+def test_a_vertex_joined_from_its_transactions_encodes_as_its_fields_would() -> None:
+    # 20 transactions: past msgpack's 15-item short array header.
+    txs = [transfer(ALICE, GENESIS, BOB.account_id, 1 + n, n) for n in range(20)]
+    vertex = _vertex(txs=txs)
+    fields = encode_fields(vertex)
+    assert vertex.to_bytes() == encode(fields)
+    assert [tx.to_bytes() for tx in txs] == [encode(f) for f in fields[7]]
+    assert vertex.id == blake2b(encode(fields[:8]), digest_size=32).digest()
+    again = Vertex.from_bytes(vertex.to_bytes(), REGISTRY, chain=CHAIN)
+    assert again.id == vertex.id and again.txs == vertex.txs
 
 
 def test_genesis_root_is_the_same_for_one_genesis_and_differs_for_another() -> None:
