@@ -117,6 +117,10 @@ class Avalanche:
         self._threshold = params.threshold(self._k) if self._k else 0
         self._vertices: dict[bytes, _Vertex] = {}  # processing only, in insertion order
         self._sets: dict[ConflictKey, _ConflictSet] = {}
+        # Keys whose set has more than one member. A set of one prefers its one member, so
+        # while this is empty every held vertex is preferred (the common case: no double
+        # spend in flight), and answering a query walks nothing.
+        self._contested: set[ConflictKey] = set()
         self._rejected: set[bytes] = set()
         self._unpolled: deque[bytes] = deque()
         self._polls: dict[int, _Poll] = {}
@@ -147,6 +151,8 @@ class Avalanche:
                 self._sets[key] = _ConflictSet(vertex_id)
             else:
                 cs.members.add(vertex_id)
+                if len(cs.members) > 1:
+                    self._contested.add(key)
         if any(p in self._rejected for p in v.parents):
             self._reject(vertex_id)
         else:
@@ -281,6 +287,7 @@ class Avalanche:
             for key in v.keys:
                 losers = self._sets[key].members - {v.id}
                 del self._sets[key]
+                self._contested.discard(key)
                 for loser in losers:
                     self._reject(loser)
             stack.extend(v.children)
@@ -301,6 +308,8 @@ class Avalanche:
 
     def _leave(self, key: ConflictKey, cs: _ConflictSet, vertex_id: bytes) -> None:
         cs.members.discard(vertex_id)
+        if len(cs.members) <= 1:
+            self._contested.discard(key)
         if not cs.members:
             del self._sets[key]
             return
@@ -328,9 +337,13 @@ class Avalanche:
         """
         if vertex_id not in self._vertices:
             return False
+        if not self._contested:
+            return True
         return all(self._is_preferred(v) for v in self._processing_ancestry(vertex_id))
 
     def _is_preferred(self, v: _Vertex) -> bool:
+        if not self._contested:
+            return True
         return all(self._sets[key].pref == v.id for key in v.keys)
 
     def choose_parents(self, limit: int = 4) -> list[bytes]:
@@ -362,7 +375,11 @@ class Avalanche:
             eligible[v.id] = (
                 parents_ok
                 and self._is_preferred(v)
-                and (v.conf > 0 or all(len(self._sets[k].members) == 1 for k in v.keys))
+                and (
+                    v.conf > 0
+                    or not self._contested
+                    or all(len(self._sets[k].members) == 1 for k in v.keys)
+                )
             )
         return eligible
 
@@ -391,7 +408,7 @@ class Avalanche:
         """Counts for `dag status`: processing vertices, open conflicts, polls in flight."""
         return {
             "processing": len(self._vertices),
-            "conflicts": sum(1 for cs in self._sets.values() if len(cs.members) > 1),
+            "conflicts": len(self._contested),
             "polls": len(self._polls),
             "k": self._k,
             "threshold": self._threshold,

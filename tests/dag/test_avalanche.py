@@ -148,3 +148,37 @@ def test_a_lone_validator_decides_alone_and_idle_dag_goes_quiet() -> None:
         node.polls_to_send(0.0)
     assert VertexAccepted(b"a") in node.drain_decisions()
     assert not node.needs_vertex()
+
+
+def _strongly_preferred_by_definition(node: Avalanche, vertex_id: bytes) -> bool:
+    """V and every processing ancestor are the preference of each of their sets."""
+    stack, seen = [vertex_id], set()
+    while stack:
+        v = node._vertices.get(stack.pop())
+        if v is None or v.id in seen:
+            continue
+        seen.add(v.id)
+        if any(node._sets[key].pref != v.id for key in v.keys):
+            return False
+        stack.extend(v.parents)
+    return vertex_id in node._vertices
+
+
+def test_preference_answers_match_the_definition_as_conflicts_come_and_go() -> None:
+    rng = random.Random(7)
+    for _ in range(30):
+        node = _node(Params(k=4, alpha=3, beta1=2, beta2=3, concurrent_polls=2, query_timeout_s=1))
+        held: list[bytes] = [ROOT]
+        for step in range(60):
+            vertex_id = b"v%d" % step
+            # distinct keys, as a vertex holds one transaction per (account, nonce)
+            keys = list({(b"a%d" % rng.randrange(4), rng.randrange(3)) for _ in range(2)})
+            node.add(vertex_id, rng.sample(held, min(len(held), rng.randint(1, 2))), keys)
+            held.append(vertex_id)
+            for req in node.polls_to_send(float(step)):
+                for peer in req.peers:
+                    node.on_vote(req.poll_id, peer, rng.random() < 0.8)
+            contested = sum(1 for cs in node._sets.values() if len(cs.members) > 1)
+            assert node.stats()["conflicts"] == contested
+            for v in held:
+                assert node.is_strongly_preferred(v) == _strongly_preferred_by_definition(node, v)
