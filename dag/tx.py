@@ -31,7 +31,7 @@ from dag.codec import (
     encode,
     expect_header,
 )
-from dag.crypto import PublicKey, Scheme, Signature, SigningKey
+from dag.crypto import PublicKey, Signature, SigningKey, scheme_of
 from dag.errors import InvalidSignature, InvalidTransaction
 from dag.kinds import KindRegistry
 
@@ -147,10 +147,9 @@ def signature_from_fields(value: object, what: str) -> Signature:
     """Decode `[scheme id, signature bytes]`; an unknown scheme is `InvalidSignature`."""
     fields = as_array(value, what, length=2)
     scheme_id = as_int(fields[0], f"{what} scheme", lo=0, hi=255)
-    try:
-        scheme = Scheme(scheme_id)
-    except ValueError:
-        raise InvalidSignature(f"{what}: unknown signature scheme id {scheme_id}") from None
+    scheme = scheme_of(scheme_id)
+    if scheme is None:
+        raise InvalidSignature(f"{what}: unknown signature scheme id {scheme_id}")
     return Signature(scheme, as_bytes(fields[1], what, max_len=4096))
 
 
