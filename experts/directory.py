@@ -266,6 +266,8 @@ class Directory:
         found = self.providers(
             expert_id=expert_id, domain=domain, max_price=max_price, now_ms=now_ms
         )
+        if len(found) < 2:
+            return found  # nothing to order (the usual call to a named expert of one node)
         measured = [x.stats.latency_s for x in found if x.stats and x.stats.latency_s is not None]
         typical = statistics.median(measured) if measured else 0.0
         found.sort(
