@@ -58,6 +58,7 @@ def scheme_of(scheme_id: int) -> Scheme | None:
     """The scheme with this wire id, None if there is none."""
     return _BY_ID.get(scheme_id)
 
+
 # Sizes of raw public keys and signatures, checked before any parsing.
 PUBLIC_KEY_BYTES = {Scheme.ED25519: 32, Scheme.ML_DSA_65: 1952}
 SIGNATURE_BYTES = {Scheme.ED25519: 64, Scheme.ML_DSA_65: 3309}

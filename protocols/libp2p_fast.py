@@ -543,18 +543,19 @@ def install_direct_noise_writes() -> None:
 
 
 def install_lean_stream_reads() -> None:
-    """Serve a stream read from data its Yamux buffer already holds, without the library's
-    four layers for it.
+    """Read a stream from its Yamux buffer, and wait for data, without the library's four
+    layers for it.
 
     py-libp2p 0.8 reads a stream through `NetStream.read` (its state lock), `YamuxStream.read`
     and `Yamux.read_stream` (the connection's stream lock, two to five debug lines formatted
-    whether or not debug logging is on, with the peer id in each), then the window release.
-    Here a read of an open stream whose buffer has data, while none of those locks is held
-    and no window update is due, takes the data at once: what the library returns in that
-    case, with nothing to await and so nothing in between. Any other read (an empty buffer,
-    a stream closed, reset or in error, a window update to send, another transport) takes
-    the library's path. Install after `install_batched_yamux_window_updates`, whose rule for
-    when an update is due this follows. Installing twice is harmless.
+    whether or not debug logging is on, with the peer id in each, before and again after each
+    wait), then the window release. Here a read of an open stream, while none of those locks
+    is held, takes what the buffer holds at once when no window update is due, and when the
+    buffer is empty waits on the stream's event as the library does and looks again. Any other
+    case (a stream closed, ending, reset or in error, a window update to send, the connection
+    shutting down, another transport) takes the library's path, which reads or raises as
+    before. Install after `install_batched_yamux_window_updates`, whose rule for when an
+    update is due this follows. Installing twice is harmless.
     """
     from libp2p.network.stream.net_stream import NetStream, StreamState
     from libp2p.stream_muxer.yamux.yamux import YamuxStream
@@ -568,23 +569,32 @@ def install_lean_stream_reads() -> None:
 
     async def read(self: Any, n: int | None = None) -> bytes:
         muxed = self.muxed_stream
-        if n is not None and n > 0 and type(muxed) is YamuxStream and self._state not in refused:
-            conn = muxed.conn
-            buffer = conn.stream_buffers.get(muxed.stream_id)
-            if (
-                buffer
-                and not muxed.closed
-                and not muxed.reset_received
-                and not self._state_lock.locked()
-                and not conn.streams_lock.locked()
-                and not muxed.window_lock.locked()
-                and not conn.event_shutting_down.is_set()
-                and conn.streams.get(muxed.stream_id) is muxed
-            ):
+        if n is None or n <= 0 or type(muxed) is not YamuxStream:
+            return await library_read(self, n)
+        conn, stream_id = muxed.conn, muxed.stream_id
+        while (
+            self._state not in refused
+            and not muxed.closed
+            and not muxed.reset_received
+            and not self._state_lock.locked()
+            and not conn.streams_lock.locked()
+            and not muxed.window_lock.locked()
+            and not conn.event_shutting_down.is_set()
+            and conn.streams.get(stream_id) is muxed
+        ):
+            buffer = conn.stream_buffers.get(stream_id)
+            if buffer:
                 left = max(len(buffer) - n, 0)
                 due = muxed.target_recv_window - (muxed.recv_window + left)
                 if due <= 0 or due < muxed._grow_threshold():  # no window update to send
                     return _take(buffer, n)
+                break
+            event = conn.stream_events.get(stream_id)
+            if buffer is None or muxed.recv_closed or event is None:
+                break
+            await event.wait()
+            if conn.stream_events.get(stream_id) is event:
+                conn.stream_events[stream_id] = trio.Event()  # as the library, after a wait
         return await library_read(self, n)
 
     read.swarm_lean = True  # type: ignore[attr-defined]

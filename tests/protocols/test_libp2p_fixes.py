@@ -464,26 +464,44 @@ async def test_stream_reads_take_buffered_data_at_once_and_leave_the_rest_to_the
         deliver(b"abcdef")
         assert [await stream.read(4), await stream.read(100)] == [b"abcd", b"ef"]
         assert not formatted and not updates  # no lines formatted, no update due
-        async with trio.open_nursery() as nursery:  # an empty buffer: the library waits
-            got: list[bytes] = []
+        got: list[bytes] = []
 
-            async def reader() -> None:
-                got.append(await stream.read(100))
+        async def reader() -> None:
+            got.append(await stream.read(100))
 
+        async with trio.open_nursery() as nursery:  # an empty buffer: the read waits
             nursery.start_soon(reader)
             await trio.testing.wait_all_tasks_blocked()
+            assert not got
             deliver(b"gh")
-        assert got == [b"gh"] and formatted
+        assert got == [b"gh"] and not formatted
         # A read that uses up half the window sends its update: the library's path.
         half = b"x" * (muxed.target_recv_window // 2 + 1)  # (the update may grow the target)
         deliver(half)
         assert await stream.read(1 << 20) == half
-        assert updates
-        # A reset stream with data left: the library's error, as before.
+        assert updates and formatted
+        # A reset stream with data left: the library's error, as before...
         deliver(b"lost")
         muxed.reset_received = True
         with pytest.raises(StreamReset):
             await stream.read(100)
+        # ...and a reset that comes while a read waits ends it with that error too.
+        muxer.stream_buffers[1].clear()
+        muxed.reset_received = False
+        stream._state = type(stream._state).OPEN
+        reset: list[BaseException] = []
+
+        async def reset_reader() -> None:
+            with pytest.raises(StreamReset) as caught:
+                await stream.read(100)
+            reset.append(caught.value)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reset_reader)
+            await trio.testing.wait_all_tasks_blocked()
+            muxed.reset_received = True
+            muxer.stream_events[1].set()
+        assert len(reset) == 1
 
 
 async def test_noise_messages_go_straight_to_the_socket_whole_and_in_order() -> None:
