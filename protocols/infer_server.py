@@ -19,7 +19,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -307,7 +307,7 @@ class ExpertHost:
             result = await self.call(request, alone=alone)
             if ticket is not None:
                 assert self.gate is not None and not isinstance(result, wire.ErrorResult)
-                result = replace(result, receipt=self.gate.charge(ticket, request, result))
+                result = result.with_receipt(self.gate.charge(ticket, request, result))
                 charged = True
         except Busy as exc:
             result = wire.ErrorResult(request.id, "busy", str(exc))
