@@ -5,7 +5,8 @@ batched: while a forward pass runs, new calls queue, and the next pass takes the
 queue is bounded and a full one answers "busy" at once; one peer may hold only so many calls
 in flight, so a flood from one peer leaves the others served. numpy work that takes long
 (generation, large batches) runs in worker threads; a small forward pass runs inline, where a
-thread hop would cost more than the pass.
+thread hop would cost more than the pass, and a lone one (nothing else read or waiting) is
+answered by the task that read it, with no task spawned for it.
 
 A node that serves for pay has a `PaymentGate`: each request is admitted (its IOU checked
 against the channel and the call's largest cost) in the order it came off the stream, before
