@@ -8,8 +8,13 @@ from submission to acceptance p50/p99 (at the submitting nodes), and CPU seconds
 processes per accepted transaction. The ceiling is measured in the same run: this machine's
 single-core signature-verify rate for the scheme (every node verifies every transaction).
 
+Each node's offerer waits for one request's answer before it sends the next (`--in-flight
+1`, a closed loop: vertices never hold more than one request's 24 transactions, and a slow
+node offers less); `--in-flight 16` keeps the offered rate whatever the nodes do (an open
+loop: requests queue, mempools grow, vertices carry more).
+
 Prints one JSON object: nodes, and per scheme accepted_tx_per_s, accept_p50_s, accept_p99_s,
-cpu_s_per_tx, verify_per_s (plus the offered rate and the window).
+cpu_s_per_tx, verify_per_s (plus the offered rate, requests in flight and the window).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -71,18 +77,40 @@ def presign(data_dir: Path, peers: list[bytes], count: int, seed: int) -> list[b
 
 
 def offer(
-    client: Client, txs: list[bytes], per_tick: int, stop: threading.Event, refused: list[str]
+    client: Client,
+    txs: list[bytes],
+    per_tick: int,
+    stop: threading.Event,
+    refused: list[str],
+    in_flight: int = 1,
 ) -> None:
-    """Submit `per_tick` transactions every TICK_S seconds until done or stopped."""
-    next_tick = time.monotonic()
-    for start in range(0, len(txs), per_tick):
-        if stop.is_set():
-            return
-        for result in client.submit(txs[start : start + per_tick]):
-            if result["status"] != "stored":
-                refused.append(result["status"])
-        next_tick += TICK_S
-        time.sleep(max(0.0, next_tick - time.monotonic()))
+    """Submit `per_tick` transactions every TICK_S seconds until done or stopped.
+
+    With `in_flight` 1 each request waits for the one before it (the API answers once its
+    transactions are stored): a closed loop, where a slow node lowers the offered load. With
+    more, requests go out on time up to that many at once: an open loop, where a slow node
+    makes them queue instead, its mempool grows and vertices carry more transactions.
+    """
+    with ThreadPoolExecutor(in_flight) as pool:
+        futures = []
+        next_tick = time.monotonic()
+        for start in range(0, len(txs), per_tick):
+            if stop.is_set():
+                break
+            futures.append(pool.submit(client.submit, txs[start : start + per_tick]))
+            if in_flight == 1:
+                wait(futures[-1:])  # the closed loop: this request's answer first
+            next_tick += TICK_S
+            time.sleep(max(0.0, next_tick - time.monotonic()))
+        for future in futures:
+            if future.cancel():
+                continue  # never sent: the run is over
+            try:
+                results = future.result()
+            except Exception as exc:  # counted and shown: one failed request ends nothing
+                refused.append(f"error: {exc}")
+                continue
+            refused.extend(r["status"] for r in results if r["status"] != "stored")
 
 
 def run_scheme(scheme: Scheme, args: argparse.Namespace) -> dict[str, Any]:
@@ -126,7 +154,11 @@ def run_scheme(scheme: Scheme, args: argparse.Namespace) -> dict[str, Any]:
             clients = [Client(d, timeout_s=120) for d in dirs]
             stop, refused = threading.Event(), list[str]()
             threads = [
-                threading.Thread(target=offer, args=(c, txs, per_tick, stop, refused), daemon=True)
+                threading.Thread(
+                    target=offer,
+                    args=(c, txs, per_tick, stop, refused, args.in_flight),
+                    daemon=True,
+                )
                 for c, txs in zip(clients, signed, strict=True)
             ]
             for t in threads:
@@ -158,6 +190,7 @@ def run_scheme(scheme: Scheme, args: argparse.Namespace) -> dict[str, Any]:
         "cpu_s_per_tx": round((cpu1 - cpu0) / accepted, 5) if accepted else None,
         "verify_per_s": round(verify_rate(scheme)),
         "offered_tx_per_s": args.rate,
+        "in_flight": args.in_flight,
         "refused": len(refused),
         "window_s": round(window, 2),
     }
@@ -197,6 +230,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1200.0, help="offered tx/s, all nodes")
     parser.add_argument("--seconds", type=float, default=10.0, help="measurement window")
     parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        default=1,
+        help="requests each node's offerer may have open (1: closed loop; more: open loop)",
+    )
     parser.add_argument("--schemes", default="ed25519,ml-dsa-65")
     parser.add_argument("--preset", default="fast", help="Avalanche preset of the mesh")
     parser.add_argument("--diag", action="store_true", help="add per-node figures under diag")
