@@ -1,12 +1,14 @@
 """Benchmark: paid against unpaid peer-to-peer inference, and settlement, in one run.
 
-Twice, the same setup: a 2-node mesh (`swarm-node mesh`), node-0 a daemon in its own process
-serving the built-in ffn64 expert, node-1 run in this process (its data dir, its credits)
-making remote calls through the client API `swarm-node infer` uses. Once the mesh serves
-free (`--free`: the unpaid reference), once for pay: every call then carries an IOU on a
+Two 2-node meshes (`swarm-node mesh`) side by side, the same setup: node-0 a daemon in its own
+process serving the built-in ffn64 expert, node-1 run in this process (its data dir, its
+credits) making remote calls through the client API `swarm-node infer` uses. One mesh serves
+free (`--free`: the unpaid reference), the other for pay: every call then carries an IOU on a
 payment channel, and node-0 checks it, stores it with the charge and signs a receipt that
 node-1 checks and stores. The channel is opened by the first paid call (timed apart, as
-`channel_open_s`) and is not on the measured calls' path.
+`channel_open_s`) and is not on the measured calls' path. The sequential calls go to the two
+meshes in turns of 50, so that the load of the shared machine, as it drifts, weighs on both
+alike; the calls per second (16 callers) are measured one mesh after the other.
 
 Settlement: rounds of paid calls, each ended by node-0's `market settle` (as the daemon does
 on its own before a channel's expiry); the time from the round's last answer until the
@@ -27,6 +29,7 @@ import json
 import sys
 import tempfile
 import time
+from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -61,15 +64,16 @@ async def sequential(caller: Node, calls: int) -> list[float]:
     return latencies
 
 
-async def generations(caller: Node, calls: int) -> list[float]:
-    """32 generated tokens from node-0's language expert: a call of the size people make."""
+async def generations(caller: Node, calls: int, warm: int = 0) -> list[float]:
+    """32 generated tokens from node-0's language expert: a call of the size people make;
+    the first `warm` calls are not timed."""
     latencies = []
-    for i in range(calls + 5):
+    for i in range(calls + warm):
         start = time.perf_counter()
         answer = await caller.experts.inference.generate(
             "The module provides ", domain="language", max_tokens=32, seed=i, remote_only=True
         )
-        if i >= 5:  # the first calls warm the stream (and, paid, open the channel)
+        if i >= warm:
             latencies.append((time.perf_counter() - start) * 1000)
         assert answer.tokens_out > 0
     return latencies
@@ -108,42 +112,81 @@ async def settle_rounds(caller: Node, provider: Client, rounds: int) -> list[flo
     return times
 
 
-async def measure(
-    mesh: Path, calls: int, concurrency: int, paid: bool, rounds: int
-) -> dict[str, Any]:
-    # node-1 runs here: its daemon (started by the mesh) is stopped first.
+BLOCK = 50  # calls in a row to one mesh before the other's turn
+
+
+async def joined(stack: AsyncExitStack, mesh: Path) -> Node:
+    """node-1 of `mesh` run in this process (its daemon, started by the mesh, stopped
+    first), connected to node-0."""
     nodes = Mesh(mesh)
     nodes.load()
     await trio.to_thread.run_sync(stop_pids, nodes.nodes[1:])
     doc = json.loads((mesh / "mesh.json").read_text())
-    out: dict[str, Any] = {}
-    async with running_nodes([mesh / "node-1"]) as (caller,):
-        await caller.p2p.connect(doc["nodes"][0]["addr"])
-        await caller.peers.wait_for_members(1)
-        start = time.perf_counter()
-        first = await call(caller)  # a paid mesh: this call opens the channel
-        out["first_call_s"] = time.perf_counter() - start
-        assert (first.cost_milli > 0) == paid
-        await sequential(caller, 200)  # warm
-        latencies = await sequential(caller, calls)
-        out["p50_ms"] = pct(latencies, 0.5)
-        out["p99_ms"] = pct(latencies, 0.99)
-        out["calls_per_s"] = await rate(caller, calls * 2, concurrency)
-        out["gen32_ms"] = await generations(caller, max(20, calls // 10))
-        if paid:
-            out["settle_s"] = await settle_rounds(caller, Client(mesh / "node-0"), rounds)
+    (caller,) = await stack.enter_async_context(running_nodes([mesh / "node-1"]))
+    await caller.p2p.connect(doc["nodes"][0]["addr"])
+    await caller.peers.wait_for_members(1)
+    return caller
+
+
+async def measure(
+    free_mesh: Path, paid_mesh: Path, calls: int, concurrency: int, rounds: int
+) -> dict[str, dict[str, Any]]:
+    """Both meshes at once, their calls taken in turns of `BLOCK`: the machine's load as it
+    drifts (these machines are shared) falls on paid and unpaid calls alike."""
+    out: dict[str, dict[str, Any]] = {"unpaid": {}, "paid": {}}
+    async with AsyncExitStack() as stack:
+        callers = {
+            "unpaid": await joined(stack, free_mesh),
+            "paid": await joined(stack, paid_mesh),
+        }
+        for kind, caller in callers.items():
+            start = time.perf_counter()
+            first = await call(caller)  # on the paid mesh this call opens the channel
+            out[kind]["first_call_s"] = time.perf_counter() - start
+            assert (first.cost_milli > 0) == (kind == "paid")
+            await sequential(caller, 200)  # warm
+            await generations(caller, 0, warm=5)
+        latencies: dict[str, list[float]] = {"unpaid": [], "paid": []}
+        gens: dict[str, list[float]] = {"unpaid": [], "paid": []}
+        for _ in range(max(1, calls // BLOCK)):
+            for kind, caller in callers.items():
+                latencies[kind] += await sequential(caller, BLOCK)
+        for _ in range(max(4, calls // 100)):
+            for kind, caller in callers.items():
+                gens[kind] += await generations(caller, 5)
+        for kind, caller in callers.items():
+            out[kind]["p50_ms"] = pct(latencies[kind], 0.5)
+            out[kind]["p99_ms"] = pct(latencies[kind], 0.99)
+            out[kind]["gen32_ms"] = gens[kind]
+            out[kind]["calls_per_s"] = await rate(caller, calls * 2, concurrency)
+        out["paid"]["settle_s"] = await settle_rounds(
+            callers["paid"], Client(paid_mesh / "node-0"), rounds
+        )
     return out
 
 
-def run(calls: int, concurrency: int, paid: bool, rounds: int) -> dict[str, Any]:
+def run(calls: int, concurrency: int, rounds: int) -> dict[str, dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
-        mesh = Path(tmp) / "mesh"
-        free = [] if paid else ["--free"]
-        cli("mesh", "--nodes", "2", "--dir", str(mesh), "--detach", "--scheme", "ed25519", *free)
+        free, paid = Path(tmp) / "free", Path(tmp) / "paid"
+        started = []
         try:
-            return trio.run(measure, mesh, calls, concurrency, paid, rounds)
+            for mesh, flags in ((free, ["--free"]), (paid, [])):
+                cli(
+                    "mesh",
+                    "--nodes",
+                    "2",
+                    "--dir",
+                    str(mesh),
+                    "--detach",
+                    "--scheme",
+                    "ed25519",
+                    *flags,
+                )
+                started.append(mesh)
+            return trio.run(measure, free, paid, calls, concurrency, rounds)
         finally:
-            cli("mesh", "stop", "--dir", str(mesh))
+            for mesh in started:
+                cli("mesh", "stop", "--dir", str(mesh))
 
 
 def main() -> None:
@@ -152,8 +195,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=7, help="settlement rounds")
     args = parser.parse_args()
-    unpaid = run(args.calls, args.concurrency, False, 0)
-    paid = run(args.calls, args.concurrency, True, args.rounds)
+    both = run(args.calls, args.concurrency, args.rounds)
+    unpaid, paid = both["unpaid"], both["paid"]
     result = {
         "unpaid_p50_ms": unpaid["p50_ms"],
         "paid_p50_ms": paid["p50_ms"],
