@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -231,9 +231,12 @@ class ExpertHost:
         send_lock = QuickLock()  # taken at once when free: once per answer
         peer = stream.remote_peer
 
-        async def answer(result: wire.Result) -> None:
+        async def answer(result: wire.Result, receipt: list[Any] | None = None) -> None:
+            body = result.encode()
+            if receipt is not None:
+                body["receipt"] = receipt  # a paid answer's, added here: no copy of the result
             async with send_lock:
-                await framed.send(result.encode())
+                await framed.send(body)
 
         failure: Exception | None = None
         async with trio.open_nursery() as nursery:
@@ -296,10 +299,10 @@ class ExpertHost:
         self,
         peer: str,
         request: wire.Request,
-        answer: Callable[[wire.Result], object],
+        answer: Callable[..., Awaitable[None]],
         ticket: object | None = None,
     ) -> None:
-        charged = False
+        receipt: list[Any] | None = None
         alone = self._arrived[request.expert] == 1
         self._arrived[request.expert] -= 1
         if not self._arrived[request.expert]:
@@ -308,8 +311,7 @@ class ExpertHost:
             result = await self.call(request, alone=alone)
             if ticket is not None:
                 assert self.gate is not None and not isinstance(result, wire.ErrorResult)
-                result = result.with_receipt(self.gate.charge(ticket, request, result))
-                charged = True
+                receipt = self.gate.charge(ticket, request, result)
         except Busy as exc:
             result = wire.ErrorResult(request.id, "busy", str(exc))
         except CallError as exc:
@@ -320,17 +322,17 @@ class ExpertHost:
             log.warning("call to %s failed: %s", request.expert[:12], exc)
             result = wire.ErrorResult(request.id, "internal", str(exc))
         finally:
-            if ticket is not None and not charged:
+            if ticket is not None and receipt is None:
                 assert self.gate is not None
                 self.gate.release(ticket)
             self._inflight[peer] -= 1
             if self._inflight[peer] <= 0:
                 del self._inflight[peer]  # one key per peer with calls open, not per peer ever
         try:
-            await answer(result)  # type: ignore[misc]
+            await answer(result, receipt)
         except (NetworkError, PeerTimeout) as exc:
             log.debug("could not answer %s: %s", peer, exc)
-        if charged:
+        if receipt is not None:
             assert self.gate is not None
             self.gate.answered(ticket)
 

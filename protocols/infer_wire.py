@@ -138,18 +138,6 @@ class TextResult:
     compute_us: int
     receipt: list[Any] | None = None
 
-    def with_receipt(self, receipt: list[Any]) -> TextResult:
-        """This result with `receipt` (dataclasses.replace costs several times more)."""
-        return TextResult(
-            self.id,
-            self.expert,
-            self.text,
-            self.tokens_in,
-            self.tokens_out,
-            self.compute_us,
-            receipt,
-        )
-
     def encode(self) -> dict[str, Any]:
         return _receipted(
             {
@@ -180,20 +168,6 @@ class ArrayResult:
 
     def array(self) -> npt.NDArray[np.float32]:
         return np.frombuffer(self.data, dtype="<f4").reshape(self.rows, self.cols)
-
-    def with_receipt(self, receipt: list[Any]) -> ArrayResult:
-        """This result with `receipt` (dataclasses.replace costs several times more)."""
-        return ArrayResult(
-            self.id,
-            self.expert,
-            self.rows,
-            self.cols,
-            self.data,
-            self.tokens_in,
-            self.tokens_out,
-            self.compute_us,
-            receipt,
-        )
 
     def encode(self) -> dict[str, Any]:
         return _receipted(

@@ -242,13 +242,3 @@ async def test_one_callers_nan_does_not_fail_the_calls_batched_with_it() -> None
             nursery.cancel_scope.cancel()
     assert isinstance(got[1], wire.ErrorResult) and got[1].code == "bad_input"
     assert isinstance(got[2], wire.ArrayResult)
-
-
-def test_a_result_given_its_receipt_keeps_every_other_field() -> None:
-    from dataclasses import replace
-
-    receipt: list[Any] = ["receipt", 1, b"sig"]
-    text = wire.TextResult(1, "ab" * 32, "hi", 3, 2, 70)
-    array = wire.ArrayResult(2, "cd" * 32, 1, 2, b"\x00" * 8, 2, 1, 90)
-    for result in (text, array):
-        assert result.with_receipt(receipt) == replace(result, receipt=receipt)
