@@ -2,7 +2,7 @@
 
 A new libp2p stream costs several times a reused one, so each provider gets one stream that
 stays open; calls carry ids and may overlap. A broken stream fails the calls on it and is
-reopened by the next call.
+reopened by the next call; so is one the provider closed while no call was waiting.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 import trio
 
@@ -35,34 +34,62 @@ class CallFailed(SwarmError):
         self.expert = expert
 
 
-@dataclass
 class _Pending:
-    done: trio.Event = field(default_factory=trio.Event)
-    result: wire.Result | None = None
-    error: Exception | None = None
+    """One call waiting for its answer. `wake` is set when it is answered or failed, or when
+    it is to take over reading the stream."""
+
+    __slots__ = ("result", "error", "wake")
+
+    def __init__(self) -> None:
+        self.result: wire.Result | None = None
+        self.error: Exception | None = None
+        self.wake = trio.Event()
+
+    @property
+    def settled(self) -> bool:
+        return self.result is not None or self.error is not None
+
+
+class _Line:
+    """One stream to the provider and the calls waiting for answers on it."""
+
+    __slots__ = ("framed", "pending", "reading")
+
+    def __init__(self, framed: FramedStream) -> None:
+        self.framed = framed
+        self.pending: dict[int, _Pending] = {}
+        self.reading = False  # one of the waiting calls is reading the stream
 
 
 class InferChannel:
-    """Calls to one provider over one stream; the reader task runs in `nursery`."""
+    """Calls to one provider over one stream. There is no reader task: one of the waiting
+    callers at a time reads the stream, hands each answer to its caller, and passes the
+    reading on when its own answer has come or it was cancelled (a cancelled read takes
+    nothing from the stream). A call alone on the channel thus reads its own answer, with no
+    task in between."""
 
     def __init__(self, peer: str, open_stream: OpenStream, nursery: trio.Nursery) -> None:
         self.peer = peer
         self._open = open_stream
-        self._nursery = nursery
-        self._framed: FramedStream | None = None
+        self._nursery = nursery  # closes dropped streams
+        self._line: _Line | None = None
         self._open_lock = trio.Lock()
         self._send_lock = QuickLock()  # taken at once when free: once per call
-        self._pending: dict[int, _Pending] = {}
 
-    async def _stream(self) -> FramedStream:
-        if self._framed is not None:
-            return self._framed  # the common case: no lock, no trip through the scheduler
+    async def _stream(self) -> _Line:
+        line = self._line
+        if line is not None:
+            if line.pending or line.framed.may_receive():
+                return line  # the common case: no lock, no trip through the scheduler
+            # Idle, and the provider closed or reset it meanwhile (nobody was reading to
+            # see it): a new stream, not a call sent into a dead one.
+            self._drop(line)
         async with self._open_lock:
-            if self._framed is None:
-                framed = FramedStream(await self._open(self.peer, ids.INFER), wire.MAX_FRAME)
-                self._framed = framed
-                self._nursery.start_soon(self._reader, framed)
-            return self._framed
+            if self._line is None:
+                self._line = _Line(
+                    FramedStream(await self._open(self.peer, ids.INFER), wire.MAX_FRAME)
+                )
+            return self._line
 
     async def call(
         self,
@@ -73,8 +100,8 @@ class InferChannel:
         """Send `request` and wait for its answer; the caller bounds the wait. `pay` makes the
         call's IOU; it runs under the send lock, so IOUs go out in the order they are made.
         `on_sent` runs once the request is on the wire: work to do while the answer comes."""
-        framed = await self._stream()
-        pending = self._pending[request.id] = _Pending()
+        line = await self._stream()
+        pending = line.pending[request.id] = _Pending()
         try:
             async with self._send_lock:
                 sent = False
@@ -82,21 +109,27 @@ class InferChannel:
                     body = request.encode()
                     if pay is not None:
                         body["pay"] = pay()
-                    await framed.send(body)
+                    await line.framed.send(body)
                     sent = True
                 finally:
                     if not sent:
                         # Cancelled or failed part-way through a frame: the stream's framing
-                        # is broken for every later call, so it goes.
-                        self._drop(framed)
+                        # is broken for every later call, so it goes, with the calls on it.
+                        self._fail(line, NetworkError("a call broke off mid-frame", peer=self.peer))
             if on_sent is not None:
                 on_sent()
-            await pending.done.wait()
+            while not pending.settled:
+                if line.reading:
+                    await pending.wake.wait()
+                    if not pending.settled:
+                        pending.wake = trio.Event()  # woken to read next
+                else:
+                    await self._read(line, pending)
         except NetworkError:
-            self._drop(framed)
+            self._drop(line)
             raise
         finally:
-            self._pending.pop(request.id, None)
+            del line.pending[request.id]
         if pending.error is not None:
             raise pending.error
         result = pending.result
@@ -107,32 +140,48 @@ class InferChannel:
             raise RemoteProtocolError("answer names another expert than the call", peer=self.peer)
         return result
 
-    async def _reader(self, framed: FramedStream) -> None:
-        error: Exception = NetworkError("provider closed the stream", peer=self.peer)
+    async def _read(self, line: _Line, mine: _Pending) -> None:
+        """Read answers, giving each to its call, until `mine` is settled; then (or when
+        cancelled) pass the reading to another call still waiting."""
+        line.reading = True
         try:
-            while (body := await framed.receive()) is not None:
+            while not mine.settled:
+                body = await line.framed.receive()
+                if body is None:
+                    raise NetworkError("provider closed the stream", peer=self.peer)
                 result = wire.decode_result(body, peer=self.peer)
-                pending = self._pending.get(result.id)
-                if pending is not None:
+                pending = line.pending.get(result.id)
+                if pending is not None:  # (else a late answer to a call that gave up)
                     pending.result = result
-                    pending.done.set()
+                    pending.wake.set()
         except (NetworkError, RemoteProtocolError) as exc:
-            error = exc
-        self._drop(framed)
-        for pending in list(self._pending.values()):
-            if not pending.done.is_set():
-                pending.error = error
-                pending.done.set()
+            self._fail(line, exc)
+        finally:
+            line.reading = False
+            for pending in line.pending.values():
+                if pending is not mine and not pending.settled:
+                    pending.wake.set()  # the next reader
+                    break
 
-    def _drop(self, framed: FramedStream) -> None:
-        if self._framed is framed:
-            self._framed = None
-            self._nursery.start_soon(_close_quietly, framed)
+    def _fail(self, line: _Line, error: Exception) -> None:
+        """The line's stream is broken: it goes, and every call waiting on it gets `error`.
+        (A call reading it sees its error once its read returns: the provider closes a stream
+        whose framing broke.)"""
+        self._drop(line)
+        for pending in line.pending.values():
+            if not pending.settled:
+                pending.error = error
+                pending.wake.set()
+
+    def _drop(self, line: _Line) -> None:
+        if self._line is line:
+            self._line = None
+            self._nursery.start_soon(_close_quietly, line.framed)
 
     async def aclose(self) -> None:
-        if self._framed is not None:
-            framed, self._framed = self._framed, None
-            await _close_quietly(framed)
+        if self._line is not None:
+            line, self._line = self._line, None
+            await _close_quietly(line.framed)
 
 
 async def _close_quietly(framed: FramedStream) -> None:

@@ -552,10 +552,12 @@ def install_lean_stream_reads() -> None:
     wait), then the window release. Here a read of an open stream, while none of those locks
     is held, takes what the buffer holds at once when no window update is due, and when the
     buffer is empty waits on the stream's event as the library does and looks again. Any other
-    case (a stream closed, ending, reset or in error, a window update to send, the connection
-    shutting down, another transport) takes the library's path, which reads or raises as
-    before. Install after `install_batched_yamux_window_updates`, whose rule for when an
-    update is due this follows. Installing twice is harmless.
+    case (a stream closed, ending, reset or in error, a window update to send, a lock held,
+    the connection shutting down, another transport) takes the library's path, which reads or
+    raises as before. A cancelled read of an open stream takes nothing: the one library read
+    that could take data and then be cancelled (sending the update) is shielded. Install after
+    `install_batched_yamux_window_updates`, whose rule for when an update is due this follows.
+    Installing twice is harmless.
     """
     from libp2p.network.stream.net_stream import NetStream, StreamState
     from libp2p.stream_muxer.yamux.yamux import YamuxStream
@@ -576,19 +578,25 @@ def install_lean_stream_reads() -> None:
             self._state not in refused
             and not muxed.closed
             and not muxed.reset_received
-            and not self._state_lock.locked()
-            and not conn.streams_lock.locked()
-            and not muxed.window_lock.locked()
             and not conn.event_shutting_down.is_set()
             and conn.streams.get(stream_id) is muxed
         ):
             buffer = conn.stream_buffers.get(stream_id)
             if buffer:
+                if (
+                    self._state_lock.locked()
+                    or conn.streams_lock.locked()
+                    or muxed.window_lock.locked()
+                ):
+                    break
                 left = max(len(buffer) - n, 0)
                 due = muxed.target_recv_window - (muxed.recv_window + left)
                 if due <= 0 or due < muxed._grow_threshold():  # no window update to send
                     return _take(buffer, n)
-                break
+                # The library takes the data at once and then sends the update: shielded,
+                # so that a cancel in between cannot lose bytes already taken.
+                with trio.CancelScope(shield=True):
+                    return await library_read(self, n)
             event = conn.stream_events.get(stream_id)
             if buffer is None or muxed.recv_closed or event is None:
                 break
@@ -599,3 +607,24 @@ def install_lean_stream_reads() -> None:
 
     read.swarm_lean = True  # type: ignore[attr-defined]
     NetStream.read = read  # type: ignore[method-assign]
+
+
+def stream_may_receive(stream: Any) -> bool:
+    """False once a py-libp2p stream is known to have no more to give: closed, reset, its
+    peer done sending, or its connection going down. True when the muxer is not Yamux (it
+    cannot tell; the next read will)."""
+    from libp2p.network.stream.net_stream import StreamState
+    from libp2p.stream_muxer.yamux.yamux import YamuxStream
+
+    muxed = getattr(stream, "muxed_stream", None)
+    if type(muxed) is not YamuxStream:
+        return True
+    conn = muxed.conn
+    return not (
+        muxed.closed
+        or muxed.recv_closed
+        or muxed.reset_received
+        or conn.event_shutting_down.is_set()
+        or conn.streams.get(muxed.stream_id) is not muxed
+        or stream._state in (StreamState.ERROR, StreamState.RESET)
+    )

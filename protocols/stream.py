@@ -33,6 +33,11 @@ class Stream(Protocol):
 
     async def aclose(self) -> None: ...
 
+    def may_receive(self) -> bool:
+        """False once this end knows nothing more will come (closed, reset, peer gone)
+        without reading; True when it cannot tell."""
+        ...
+
 
 class Libp2pStream:
     """Adapts a py-libp2p `INetStream`; its errors become `NetworkError` here, once."""
@@ -61,6 +66,11 @@ class Libp2pStream:
             with map_libp2p_errors(self.remote_peer):
                 raise
 
+    def may_receive(self) -> bool:
+        from protocols.libp2p_fast import stream_may_receive
+
+        return stream_may_receive(self._stream)
+
     async def aclose(self) -> None:
         # Closing a stream the peer already reset is not an error worth reporting.
         try:
@@ -88,6 +98,9 @@ class MemoryStream:
             await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise NetworkError(str(exc) or "stream closed", peer=self.remote_peer) from exc
+
+    def may_receive(self) -> bool:
+        return True  # a memory stream tells only when read
 
     async def aclose(self) -> None:
         await self._stream.aclose()
@@ -150,6 +163,9 @@ class FramedStream:
         if body is None:
             raise NetworkError("peer closed the stream before answering", peer=self.remote_peer)
         return body
+
+    def may_receive(self) -> bool:
+        return self.stream.may_receive()
 
     async def aclose(self) -> None:
         await self.stream.aclose()

@@ -17,7 +17,7 @@ from protocols.errors import PeerTimeout
 from protocols.framing import HEADER, encode_frame
 from protocols.infer_client import CallFailed, InferChannel
 from protocols.infer_server import ExpertHost, ServeLimits
-from protocols.stream import FramedStream, Stream, memory_stream_pair
+from protocols.stream import FramedStream, MemoryStream, Stream, memory_stream_pair
 
 FFN = experts.build_ffn(64, seed=1)
 
@@ -221,6 +221,108 @@ async def test_truncated_stream_fails_pending_calls() -> None:
             nursery.start_soon(provider_dies)
             with pytest.raises(Exception, match="inside a frame|closed"):
                 await channel.call(tensor(1, np.zeros((1, 64))))
+
+
+def answer(request_id: int, value: float) -> dict[str, Any]:
+    data = np.full((1, 64), value, dtype="<f4").tobytes()
+    return wire.ArrayResult(request_id, FFN.expert_id, 1, 64, data, 1, 1, 0).encode()
+
+
+async def test_waiting_calls_read_their_answers_and_pass_the_reading_on() -> None:
+    # A scripted provider takes four calls and answers them last first. The call that reads
+    # the stream is cancelled before any answer comes; the others still get their own
+    # answers, one of them takes over the reading, and the stream stays in step.
+    ours, theirs = memory_stream_pair()
+    opened: list[Stream] = []
+
+    async def open_stream(peer: str, protocol: str) -> Stream:
+        opened.append(ours)
+        return ours
+
+    row = np.zeros(64, dtype=np.float32)
+    got: dict[int, float] = {}
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            channel = InferChannel("p", open_stream, nursery)
+            framed = FramedStream(theirs)
+            scopes = {i: trio.CancelScope() for i in (0, 1, 2, 3, 7)}
+
+            async def one(i: int) -> None:
+                with scopes[i]:
+                    result = await channel.call(tensor(i, row))
+                    assert isinstance(result, wire.ArrayResult)
+                    got[i] = float(result.array()[0, 0])
+
+            async with trio.open_nursery() as calls:
+                for i in range(4):
+                    calls.start_soon(one, i)
+                    await trio.testing.wait_all_tasks_blocked()
+                ids = [(await framed.receive_required())["id"] for _ in range(4)]
+                assert ids == [0, 1, 2, 3]
+                line = channel._line
+                assert line is not None and line.reading  # a waiting call reads...
+                scopes[0].cancel()  # ...and that one gives up: another takes over
+                await trio.testing.wait_all_tasks_blocked()
+                assert line.reading and 0 not in line.pending
+                for i in (3, 0, 2, 1):  # the answer to the call that gave up comes too
+                    await framed.send(answer(i, 10.0 + i))
+            assert got == {1: 11.0, 2: 12.0, 3: 13.0}
+            assert not line.reading and not line.pending
+            # A lone call afterwards reads its own answer on the same stream.
+            async with trio.open_nursery() as calls:
+                calls.start_soon(one, 7)
+                assert (await framed.receive_required())["id"] == 7
+                await framed.send(answer(7, 17.0))
+            assert got[7] == 17.0 and len(opened) == 1
+            nursery.cancel_scope.cancel()
+
+
+class Closing(MemoryStream):
+    """A memory stream that knows, as a libp2p one does, when its peer has closed it."""
+
+    def __init__(self, stream: MemoryStream) -> None:
+        self.inner, self.remote_peer, self.closed = stream, stream.remote_peer, False
+
+    async def receive_some(self, max_bytes: int = 65536) -> bytes:
+        return await self.inner.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes) -> None:
+        await self.inner.send_all(data)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    def may_receive(self) -> bool:
+        return not self.closed
+
+
+async def test_a_stream_the_provider_closed_between_calls_is_replaced() -> None:
+    streams: list[Closing] = []
+
+    async def provider(theirs: Stream, mine: Closing) -> None:
+        # answers one call, then closes its end (a provider that restarts, say)
+        framed = FramedStream(theirs)
+        body = await framed.receive_required()
+        await framed.send(answer(body["id"], float(len(streams))))
+        await theirs.aclose()
+        mine.closed = True
+
+    async def open_stream(peer: str, protocol: str) -> Stream:
+        ours, theirs = memory_stream_pair()
+        streams.append(Closing(ours))
+        nursery.start_soon(provider, theirs, streams[-1])
+        return streams[-1]
+
+    row = np.zeros(64, dtype=np.float32)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            channel = InferChannel("p", open_stream, nursery)
+            await channel.call(tensor(1, row))
+            await trio.testing.wait_all_tasks_blocked()
+            assert streams[0].closed  # while no call waited: nobody has read its end
+            result = await channel.call(tensor(2, row))
+            assert result.id == 2 and float(result.array()[0, 0]) == 2.0
+            assert len(streams) == 2
 
 
 async def test_one_callers_nan_does_not_fail_the_calls_batched_with_it() -> None:

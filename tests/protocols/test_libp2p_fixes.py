@@ -21,6 +21,7 @@ from protocols.libp2p_fast import (
     install_lean_stream_reads,
     install_lean_yamux_frames,
     install_yamux_settings_read_once,
+    stream_may_receive,
 )
 from protocols.libp2p_fixes import install_atomic_noise_writes, install_clean_dht_stream_ends
 from protocols.stream import Stream
@@ -502,6 +503,45 @@ async def test_stream_reads_take_buffered_data_at_once_and_leave_the_rest_to_the
             muxed.reset_received = True
             muxer.stream_events[1].set()
         assert len(reset) == 1
+
+
+async def test_a_read_cancelled_while_it_sends_the_window_update_keeps_its_data(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from libp2p.network.stream.net_stream import NetStream
+    from libp2p.peer.id import ID
+    from libp2p.stream_muxer.yamux import yamux
+
+    install_batched_yamux_window_updates()
+    install_lean_stream_reads()
+    muxer = yamux.Yamux(Frames(), ID(b"\x00\x04test"), is_initiator=True)  # type: ignore[arg-type]
+    muxed = yamux.YamuxStream(1, muxer, True)
+    muxer.streams[1], muxer.stream_buffers[1] = muxed, bytearray()
+    muxer.stream_events[1] = trio.Event()
+    stream = NetStream(muxed, None, None)
+    half = b"x" * (muxed.target_recv_window // 2 + 1)  # enough to make an update due
+    muxer.stream_buffers[1].extend(half)
+    muxed.recv_window -= len(half)
+    updates: list[int] = []
+    got = b""
+    with trio.fail_after(5), trio.CancelScope() as scope:
+
+        async def window_update(self: YamuxStream, increment: int, skip_lock: bool = False) -> None:
+            scope.cancel()  # the caller's deadline passes while the update goes out
+            await trio.lowlevel.checkpoint()
+            updates.append(increment)
+
+        monkeypatch.setattr(YamuxStream, "send_window_update", window_update)
+        got = await stream.read(1 << 20)
+    # The bytes the read took came back to it (they are gone from the buffer).
+    assert got == half and updates and not muxer.stream_buffers[1]
+    # Whether more may come is known without a read: not once the peer has ended its side.
+    assert stream_may_receive(stream)
+    muxed.recv_closed = True
+    assert not stream_may_receive(stream)
+    muxed.recv_closed = False
+    muxer.event_shutting_down.set()
+    assert not stream_may_receive(stream)
 
 
 async def test_noise_messages_go_straight_to_the_socket_whole_and_in_order() -> None:
