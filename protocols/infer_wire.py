@@ -208,10 +208,13 @@ Result = TextResult | ArrayResult | ErrorResult
 
 
 def _count(body: dict[str, Any], key: str, peer: str, high: int) -> int:
-    value: int = field(body, key, int, peer=peer)
-    if not 0 <= value <= high:
+    value = body.get(key)
+    if type(value) is int and 0 <= value <= high:
+        return value  # the common case, without the generic checks
+    checked: int = field(body, key, int, peer=peer)
+    if not 0 <= checked <= high:
         raise RemoteProtocolError(f"{body['t']}: {key} must be 0..{high}", peer=peer)
-    return value
+    return checked
 
 
 _HEX_DIGITS = frozenset("0123456789abcdef")

@@ -324,7 +324,8 @@ class Inference:
         call = request(expert, budget_ms)
         cost = 0
         try:
-            with trio.fail_at(deadline):
+            # (a plain scope: trio.fail_at's generator costs more than the scope itself)
+            with trio.CancelScope(deadline=deadline) as scope:
                 if provider == LOCAL:
                     result = await self.host.call(call)
                 elif self.payer is None or price == 0:
@@ -333,6 +334,8 @@ class Inference:
                     result, cost, started = await self._paid_call(
                         provider, call, price, race.max_price
                     )
+            if scope.cancelled_caught:
+                raise trio.TooSlowError
         except (SwarmError, trio.TooSlowError) as exc:  # busy, refused, network, deadline
             why = getattr(exc, "code", None) or type(exc).__name__
             race.attempts.append((provider, f"{why}: {exc}"))

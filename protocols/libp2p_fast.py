@@ -9,6 +9,7 @@ library's own path is as fast.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any
 
 import trio
@@ -613,11 +614,9 @@ def stream_may_receive(stream: Any) -> bool:
     """False once a py-libp2p stream is known to have no more to give: closed, reset, its
     peer done sending, or its connection going down. True when the muxer is not Yamux (it
     cannot tell; the next read will)."""
-    from libp2p.network.stream.net_stream import StreamState
-    from libp2p.stream_muxer.yamux.yamux import YamuxStream
-
-    muxed = getattr(stream, "muxed_stream", None)
-    if type(muxed) is not YamuxStream:
+    yamux_stream, refused = _stream_types()
+    muxed: Any = getattr(stream, "muxed_stream", None)
+    if type(muxed) is not yamux_stream:
         return True
     conn = muxed.conn
     return not (
@@ -626,5 +625,14 @@ def stream_may_receive(stream: Any) -> bool:
         or muxed.reset_received
         or conn.event_shutting_down.is_set()
         or conn.streams.get(muxed.stream_id) is not muxed
-        or stream._state in (StreamState.ERROR, StreamState.RESET)
+        or stream._state in refused
     )
+
+
+@functools.cache
+def _stream_types() -> tuple[Any, tuple[Any, ...]]:
+    """YamuxStream, and the stream states that refuse reads (imported once, when needed)."""
+    from libp2p.network.stream.net_stream import StreamState
+    from libp2p.stream_muxer.yamux.yamux import YamuxStream
+
+    return YamuxStream, (StreamState.ERROR, StreamState.RESET)

@@ -13,6 +13,7 @@ import trio
 from dag.errors import RemoteProtocolError
 from protocols.errors import NetworkError, PeerTimeout, map_libp2p_errors
 from protocols.framing import DEFAULT_MAX_FRAME, FrameDecoder, decode_body, encode_frame
+from protocols.libp2p_fast import stream_may_receive
 
 if TYPE_CHECKING:
     from libp2p.abc import INetStream
@@ -67,8 +68,6 @@ class Libp2pStream:
                 raise
 
     def may_receive(self) -> bool:
-        from protocols.libp2p_fast import stream_may_receive
-
         return stream_may_receive(self._stream)
 
     async def aclose(self) -> None:

@@ -12,6 +12,7 @@ import trio
 import trio.testing
 
 import experts
+from dag.errors import RemoteProtocolError
 from protocols import infer_wire as wire
 from protocols.errors import PeerTimeout
 from protocols.framing import HEADER, encode_frame
@@ -157,6 +158,18 @@ async def test_bad_calls_get_typed_errors(
             # the stream still serves after an error
             ok = await channel.call(tensor(9, np.zeros((1, 64))))
             assert isinstance(ok, wire.ArrayResult)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("id", True), ("id", -1), ("deadline_ms", 600_001), ("rows", 1.0), ("cols", None)],
+)
+def test_counts_out_of_range_or_of_another_type_are_refused_by_name(key: str, value: Any) -> None:
+    body = tensor(1, np.zeros(64, dtype=np.float32)).encode()
+    assert isinstance(wire.decode_request(dict(body), peer="p"), wire.TensorRequest)
+    body[key] = value
+    with pytest.raises(RemoteProtocolError, match=key):
+        wire.decode_request(body, peer="p")
 
 
 async def test_a_flooding_peer_is_told_busy_and_others_are_served() -> None:
