@@ -53,9 +53,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dag.codec import as_array, as_bytes, as_int, decode_canonical, encode, expect_header
-from dag.crypto import ACCOUNT_ID_BYTES, PublicKey, Scheme, Signature, SigningKey
-from dag.errors import InvalidSignature, InvalidTransaction, RemoteProtocolError
+from dag.codec import as_array, as_bytes, as_int, decode, encode, expect_header
+from dag.crypto import ACCOUNT_ID_BYTES, PublicKey, Scheme, Signature, SigningKey, scheme_of
+from dag.errors import DecodeError, InvalidSignature, InvalidTransaction, RemoteProtocolError
 from dag.genesis import MAX_CREDITS
 from dag.kinds import (
     Bucket,
@@ -215,17 +215,22 @@ class Iou:
         seq = as_int(fields[4], "IOU sequence", lo=0, hi=MAX_SEQ)
         sig = as_array(fields[5], "IOU signature", length=2)
         scheme_id = as_int(sig[0], "IOU signature scheme", lo=0, hi=255)
-        try:
-            scheme = Scheme(scheme_id)
-        except ValueError:
-            raise InvalidSignature(f"IOU signature: unknown scheme id {scheme_id}") from None
+        scheme = scheme_of(scheme_id)
+        if scheme is None:
+            raise InvalidSignature(f"IOU signature: unknown scheme id {scheme_id}")
         value_bytes = as_bytes(sig[1], "IOU signature", max_len=MAX_IOU_BYTES)
         return cls(channel, cumulative, seq, Signature(scheme, value_bytes))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Iou:
         """Decode one IOU of at most `MAX_IOU_BYTES` (signature not verified)."""
-        return cls.from_fields(decode_canonical(data, max_bytes=MAX_IOU_BYTES, what="IOU"))
+        iou = cls.from_fields(decode(data, max_bytes=MAX_IOU_BYTES, what="IOU"))
+        # Canonical: its fields, each checked, encode back to exactly these bytes (cheaper
+        # than `decode_canonical`, which checks every type again to re-encode). Every paid
+        # call's IOU comes this way.
+        if encode(iou.to_fields(), types_checked=True) != data:
+            raise DecodeError("IOU: not in canonical encoding")
+        return iou
 
 
 def _terms_fields(fields: list[Any], what: str) -> tuple[int, int, int, int, bytes]:

@@ -336,6 +336,11 @@ def _iou_fields(**changes: Any) -> list[Any]:
         (encode(_iou_fields(sig=[9, bytes(64)])), InvalidSignature),
         (encode(_iou_fields()[:5]), DecodeError),
         (b"\x96\xa9swarm/iou\x01\xc4\x20" + bytes(32) + b"\xcb" + bytes(8), DecodeError),
+        # the amount 5 as a uint64 (0xcf), where canonical msgpack has a one-byte fixint
+        (
+            encode(_iou_fields()).replace(b"\x05\x00", b"\xcf" + (5).to_bytes(8, "big") + b"\x00"),
+            DecodeError,
+        ),
     ],
     ids=[
         "oversized",
@@ -350,6 +355,7 @@ def _iou_fields(**changes: Any) -> list[Any]:
         "unknown-scheme",
         "missing-field",
         "float",
+        "not-canonical",
     ],
 )
 def test_a_malformed_iou_is_a_remote_protocol_error(data: bytes, error: type[Exception]) -> None:
