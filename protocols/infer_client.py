@@ -129,7 +129,7 @@ class InferChannel:
             self._drop(line)
             raise
         finally:
-            del line.pending[request.id]
+            line.pending.pop(request.id, None)
         if pending.error is not None:
             raise pending.error
         result = pending.result
