@@ -5,7 +5,8 @@
    client API `swarm-node infer` uses, remote only: sequential p50/p99, then calls per
    second with 16 concurrent callers. The floor, measured the same way: a plain trio TCP
    round trip of the same msgpack payload and numpy forward pass, its server in a process of
-   its own. For reference (`*_1proc`), both nodes and both floor ends in one process, one
+   its own; its sequential calls and ours are taken in turns of 50, side by side, so the
+   ratio compares the same moments of the machine's load. For reference (`*_1proc`), both nodes and both floor ends in one process, one
    trio loop, as the tests run them (a node is a daemon with a loop of its own; two in one
    share one core).
 2. A 10-process mesh (`swarm-node mesh`): a node joins, and we time until every node lists
@@ -52,12 +53,16 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+BLOCK = 50  # sequential calls in a row to one side before the other's turn
+
+
 async def two_nodes(calls: int, concurrency: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         dirs = make_node_dirs(Path(tmp), 2, hosts=[[], ["ffn64"]])
         async with running_nodes(dirs) as (caller, provider):
             await connect_all([caller, provider])
-            latencies, rate = await measure_calls(caller, calls, concurrency)
+            latencies = await sequential(caller, calls)
+            rate = await call_rate(caller, calls * 2, concurrency)
     return {
         "p50_ms_1proc": pct(latencies, 0.5),
         "p99_ms_1proc": pct(latencies, 0.99),
@@ -65,52 +70,80 @@ async def two_nodes(calls: int, concurrency: int) -> dict[str, float]:
     }
 
 
-async def measure_calls(caller: Node, calls: int, concurrency: int) -> tuple[list[float], float]:
-    """`calls` sequential ffn64 calls (latencies in ms), then the call rate of `concurrency`
-    callers making twice as many, all remote, through the client API."""
-    rows = np.random.default_rng(0).standard_normal((1, FFN_DIM)).astype(np.float32)
+ROWS = np.random.default_rng(0).standard_normal((1, FFN_DIM)).astype(np.float32)
+
+
+async def sequential(caller: Node, calls: int) -> list[float]:
+    """`calls` ffn64 calls one after another, remote only, through the client API (ms)."""
     inference, expert_id = caller.experts.inference, ffn64_id()
-    await inference.tensor(expert_id, rows, remote_only=True)  # warm: the stream is open
     latencies = []
     for _ in range(calls):
         start = time.perf_counter()
-        await inference.tensor(expert_id, rows, remote_only=True)
+        await inference.tensor(expert_id, ROWS, remote_only=True)
         latencies.append((time.perf_counter() - start) * 1000)
+    return latencies
+
+
+async def call_rate(caller: Node, calls: int, concurrency: int) -> float:
+    """Calls per second of `concurrency` callers making `calls` in all."""
+    inference, expert_id = caller.experts.inference, ffn64_id()
     done = 0
     start = time.perf_counter()
 
     async def worker() -> None:
         nonlocal done
-        while done < calls * 2:
+        while done < calls:
             done += 1
-            await inference.tensor(expert_id, rows, remote_only=True)
+            await inference.tensor(expert_id, ROWS, remote_only=True)
 
     async with trio.open_nursery() as nursery:
         for _ in range(concurrency):
             nursery.start_soon(worker)
-    return latencies, done / (time.perf_counter() - start)
+    return done / (time.perf_counter() - start)
 
 
 async def two_processes(calls: int, concurrency: int) -> dict[str, float]:
-    """The calls with the provider a daemon in its own process (its own loop, its own core)."""
+    """The calls with the provider a daemon in its own process (its own loop, its own core),
+    and the floor with its server in a process of its own, measured side by side: their
+    sequential calls are taken in turns of `BLOCK`, so that both see the machine's load of
+    the same moments (measured one after the other, a drift in between moved the ratio)."""
     with tempfile.TemporaryDirectory() as tmp:
         mesh = Path(tmp) / "mesh"
         cli("mesh", "--nodes", "1", "--dir", str(mesh), "--detach", "--free")
+        server = subprocess.Popen(
+            [sys.executable, __file__, "--floor-server"], stdout=subprocess.PIPE, text=True
+        )
         try:
+            assert server.stdout is not None
+            port = int(await trio.to_thread.run_sync(server.stdout.readline))
             provider = json.loads((mesh / "mesh.json").read_text())["nodes"][0]
             genesis = load_genesis(mesh / "genesis.json")
             data_dir = Path(tmp) / "caller"
             write_node(data_dir, Identity.generate(), name="caller", genesis=genesis)
-            async with running_nodes([data_dir]) as (caller,):
+            async with running_nodes([data_dir]) as (caller,), await FloorClient.open(port) as fc:
                 await caller.p2p.connect(provider["addr"])
-                latencies, rate = await measure_calls(caller, calls, concurrency)
+                await sequential(caller, 1)  # warm: the stream is open
+                await fc.calls(1)
+                ours: list[float] = []
+                floor_ms: list[float] = []
+                for _ in range(max(1, calls // BLOCK)):
+                    ours += await sequential(caller, BLOCK)
+                    floor_ms += await fc.calls(BLOCK)
+                rate = await call_rate(caller, calls * 2, concurrency)
         finally:
+            server.kill()
+            server.wait()
             subprocess.run(
                 [sys.executable, "-m", "node", "mesh", "stop", "--dir", str(mesh)],
                 capture_output=True,
                 check=False,
             )
-    return {"p50_ms": pct(latencies, 0.5), "p99_ms": pct(latencies, 0.99), "calls_per_s": rate}
+    return {
+        "p50_ms": pct(ours, 0.5),
+        "p99_ms": pct(ours, 0.99),
+        "calls_per_s": rate,
+        "floor_p50_ms": pct(floor_ms, 0.5),
+    }
 
 
 async def floor_serve(stream: trio.SocketStream) -> None:
@@ -134,43 +167,48 @@ async def floor_server() -> None:
         print(listeners[0].socket.getsockname()[1], flush=True)
 
 
-async def floor(calls: int, own_process: bool) -> float:
-    """A plain trio TCP round trip to `floor_serve`, in a process of its own or in ours."""
-    if own_process:
-        server = subprocess.Popen(
-            [sys.executable, __file__, "--floor-server"], stdout=subprocess.PIPE, text=True
-        )
-        try:
-            assert server.stdout is not None
-            port = int(await trio.to_thread.run_sync(server.stdout.readline))
-            return await floor_calls(port, calls)
-        finally:
-            server.kill()
-            server.wait()
+class FloorClient:
+    """The floor's caller: a plain trio TCP round trip of the same msgpack payload."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.decoder = FrameDecoder()
+        self.sent = 0
+
+    @classmethod
+    async def open(cls, port: int) -> FloorClient:
+        return cls(await trio.open_tcp_stream("127.0.0.1", port))
+
+    async def __aenter__(self) -> FloorClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stream.aclose()
+
+    async def calls(self, count: int) -> list[float]:
+        latencies = []
+        for _ in range(count):
+            self.sent += 1
+            start = time.perf_counter()
+            body = msgpack.packb(
+                {"t": "tensor", "id": self.sent, "rows": 1, "cols": FFN_DIM, "data": ROWS.tobytes()}
+            )
+            await self.stream.send_all(HEADER.pack(len(body)) + body)
+            while self.decoder.next_frame() is None:
+                self.decoder.feed(await self.stream.receive_some(65536))
+            latencies.append((time.perf_counter() - start) * 1000)
+        return latencies
+
+
+async def floor_in_process(calls: int) -> float:
+    """The floor with both ends in this process, one trio loop (for the `*_1proc` figures)."""
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(partial(trio.serve_tcp, floor_serve, 0, host="127.0.0.1"))
-        p50 = await floor_calls(listeners[0].socket.getsockname()[1], calls)
+        async with await FloorClient.open(listeners[0].socket.getsockname()[1]) as fc:
+            await fc.calls(1)
+            p50 = pct(await fc.calls(calls), 0.5)
         nursery.cancel_scope.cancel()
     return p50
-
-
-async def floor_calls(port: int, calls: int) -> float:
-    rows = np.random.default_rng(0).standard_normal((1, FFN_DIM)).astype(np.float32)
-    latencies = []
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    decoder = FrameDecoder()
-    for i in range(calls + 1):
-        start = time.perf_counter()
-        body = msgpack.packb(
-            {"t": "tensor", "id": i, "rows": 1, "cols": FFN_DIM, "data": rows.tobytes()}
-        )
-        await stream.send_all(HEADER.pack(len(body)) + body)
-        while decoder.next_frame() is None:
-            decoder.feed(await stream.receive_some(65536))
-        if i:
-            latencies.append((time.perf_counter() - start) * 1000)
-    await stream.aclose()
-    return pct(latencies, 0.5)
 
 
 def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -302,13 +340,11 @@ def main() -> None:
         trio.run(floor_server)
         return
     result: dict[str, Any] = trio.run(two_processes, args.calls, args.concurrency)
-    floor_p50 = trio.run(floor, args.calls, True)
     result.update(trio.run(two_nodes, args.calls, args.concurrency))
-    floor_p50_1proc = trio.run(floor, args.calls, False)
+    floor_p50_1proc = trio.run(floor_in_process, args.calls)
     result.update(
         concurrency=args.concurrency,
-        floor_p50_ms=floor_p50,
-        ratio_to_floor=result["p50_ms"] / floor_p50,
+        ratio_to_floor=result["p50_ms"] / result["floor_p50_ms"],
         floor_p50_ms_1proc=floor_p50_1proc,
         ratio_to_floor_1proc=result["p50_ms_1proc"] / floor_p50_1proc,
     )
