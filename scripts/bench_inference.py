@@ -5,10 +5,11 @@
    client API `swarm-node infer` uses, remote only: sequential p50/p99, then calls per
    second with 16 concurrent callers. The floor, measured the same way: a plain trio TCP
    round trip of the same msgpack payload and numpy forward pass, its server in a process of
-   its own; its sequential calls and ours are taken in turns of 50, side by side, so the
-   ratio compares the same moments of the machine's load. For reference (`*_1proc`), both nodes and both floor ends in one process, one
-   trio loop, as the tests run them (a node is a daemon with a loop of its own; two in one
-   share one core).
+   its own, its caller in this one (beside the caller node, idle during the floor's turns);
+   its sequential calls and ours are taken in turns of 50, side by side, so the ratio
+   compares the same moments of the machine's load. For reference (`*_1proc`), both nodes
+   and both floor ends in one process, one trio loop, as the tests run them (a node is a
+   daemon with a loop of its own; two in one share one core).
 2. A 10-process mesh (`swarm-node mesh`): a node joins, and we time until every node lists
    its offers (announce); then it is killed with SIGKILL and we time until it has left
    every directory (evict).
