@@ -46,6 +46,7 @@ from node.daemon import Node  # noqa: E402
 from node.datadir import Identity, load_genesis, write_node  # noqa: E402
 from node.hosting import FFN_DIM, FFN_SEED, ffn64_id  # noqa: E402
 from protocols.framing import HEADER, FrameDecoder  # noqa: E402
+from protocols.inference import Answer  # noqa: E402
 from tests.factory import connect_all, make_node_dirs, running_nodes  # noqa: E402
 
 
@@ -72,22 +73,26 @@ async def two_nodes(calls: int, concurrency: int) -> dict[str, float]:
 
 
 ROWS = np.random.default_rng(0).standard_normal((1, FFN_DIM)).astype(np.float32)
+EXPERT = ffn64_id()  # computed once: it hashes the expert's weights
+
+
+async def call(caller: Node) -> Answer:
+    """One remote ffn64 call through the client API `swarm-node infer` uses."""
+    return await caller.experts.inference.tensor(EXPERT, ROWS, remote_only=True)
 
 
 async def sequential(caller: Node, calls: int) -> list[float]:
-    """`calls` ffn64 calls one after another, remote only, through the client API (ms)."""
-    inference, expert_id = caller.experts.inference, ffn64_id()
+    """`calls` ffn64 calls one after another (latencies in ms)."""
     latencies = []
     for _ in range(calls):
         start = time.perf_counter()
-        await inference.tensor(expert_id, ROWS, remote_only=True)
+        await call(caller)
         latencies.append((time.perf_counter() - start) * 1000)
     return latencies
 
 
 async def call_rate(caller: Node, calls: int, concurrency: int) -> float:
     """Calls per second of `concurrency` callers making `calls` in all."""
-    inference, expert_id = caller.experts.inference, ffn64_id()
     done = 0
     start = time.perf_counter()
 
@@ -95,7 +100,7 @@ async def call_rate(caller: Node, calls: int, concurrency: int) -> float:
         nonlocal done
         while done < calls:
             done += 1
-            await inference.tensor(expert_id, ROWS, remote_only=True)
+            await call(caller)
 
     async with trio.open_nursery() as nursery:
         for _ in range(concurrency):

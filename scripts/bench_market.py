@@ -34,34 +34,22 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_inference import cli, pct  # noqa: E402  (this script's own directory)
+from bench_inference import (  # noqa: E402  (this script's own directory)
+    call,
+    call_rate,
+    cli,
+    pct,
+    sequential,
+)
 
 from node.client import Client  # noqa: E402
 from node.daemon import Node  # noqa: E402
-from node.hosting import FFN_DIM, ffn64_id  # noqa: E402
 from node.mesh import Mesh, stop_pids  # noqa: E402
 from tests.factory import running_nodes  # noqa: E402
-
-ROWS = np.random.default_rng(0).standard_normal((1, FFN_DIM)).astype(np.float32)
-EXPERT = ffn64_id()  # computed once: it hashes the expert's weights
-
-
-async def call(caller: Node) -> Any:
-    return await caller.experts.inference.tensor(EXPERT, ROWS, remote_only=True)
-
-
-async def sequential(caller: Node, calls: int) -> list[float]:
-    latencies = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        await call(caller)
-        latencies.append((time.perf_counter() - start) * 1000)
-    return latencies
 
 
 async def generations(caller: Node, calls: int, warm: int = 0) -> list[float]:
@@ -77,22 +65,6 @@ async def generations(caller: Node, calls: int, warm: int = 0) -> list[float]:
             latencies.append((time.perf_counter() - start) * 1000)
         assert answer.tokens_out > 0
     return latencies
-
-
-async def rate(caller: Node, calls: int, concurrency: int) -> float:
-    done = 0
-
-    async def worker() -> None:
-        nonlocal done
-        while done < calls:
-            done += 1
-            await call(caller)
-
-    start = time.perf_counter()
-    async with trio.open_nursery() as nursery:
-        for _ in range(concurrency):
-            nursery.start_soon(worker)
-    return done / (time.perf_counter() - start)
 
 
 async def settle_rounds(caller: Node, provider: Client, rounds: int) -> list[float]:
@@ -158,7 +130,7 @@ async def measure(
             out[kind]["p50_ms"] = pct(latencies[kind], 0.5)
             out[kind]["p99_ms"] = pct(latencies[kind], 0.99)
             out[kind]["gen32_ms"] = gens[kind]
-            out[kind]["calls_per_s"] = await rate(caller, calls * 2, concurrency)
+            out[kind]["calls_per_s"] = await call_rate(caller, calls * 2, concurrency)
         out["paid"]["settle_s"] = await settle_rounds(
             callers["paid"], Client(paid_mesh / "node-0"), rounds
         )
