@@ -104,6 +104,7 @@ class Market:
         self._quotes: dict[str, _Quoted] = {}
         self._opening: dict[bytes, _Opening] = {}  # by provider account
         self._unchecked = trio.Event()
+        self._came = trio.Event()  # receipts came (for `check_receipts` with a wait)
         self._checking = trio.Lock()  # one batch of receipts checked at a time, in order
         self._nursery: trio.Nursery | None = None
 
@@ -271,9 +272,17 @@ class Market:
 
     def paid(self, ticket: object, result: wire.TextResult | wire.ArrayResult) -> int:
         assert isinstance(ticket, PayTicket)
-        cost = self.purse.record(ticket, result)
-        self._unchecked.set()  # the receipt is checked and kept off the call's path
+        cost = self.purse.record(ticket, result)  # (its receipt comes after: `receipts`)
+        if self.purse.queued:  # (it came before the answer was counted)
+            self._unchecked.set()
         return cost
+
+    def receipts(self, provider: str, items: list[Any]) -> None:
+        """Receipts that came on a stream from `provider`: checked and kept off the calls'
+        path, in batches (`_checker`)."""
+        if self.purse.receipts(provider, items):
+            self._unchecked.set()
+            self._came.set()
 
     async def _checker(self) -> None:
         """Check and keep receipts in batches, after the answers have gone to the callers."""
@@ -294,8 +303,13 @@ class Market:
             await trio.sleep(CHECK_WINDOW_S)  # deliberate: one transaction for many answers
             self.store.flush()
 
-    async def check_receipts(self) -> None:
-        """Check and keep every receipt queued so far (what `_checker` does each window)."""
+    async def check_receipts(self, wait_s: float = 0.0) -> None:
+        """Check and keep every receipt queued so far (what `_checker` does each window);
+        with `wait_s`, first wait up to that long for the receipts of every answer."""
+        with trio.move_on_after(wait_s):
+            while self.purse.awaiting():
+                self._came = trio.Event()
+                await self._came.wait()
         async with self._checking:
             batch = self.purse.unchecked()
             if not batch:

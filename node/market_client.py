@@ -3,11 +3,12 @@ it checks.
 
 Per provider account there is at most one open channel. A call `reserve`s its largest cost on
 it (refused when the channel cannot pay: the caller opens another), `sign`s an IOU for what
-the client counts it owes plus every reservation, and `record`s the receipt of the answer:
-checked against the provider's host key, the request and answer it names, and the client's
-own count of the tokens. A receipt that claims more than the client counted is kept, marked
-disputed, and the client goes on paying by its own count; the provider can never claim more
-than the newest IOU, which names the client's count plus open reservations.
+the client counts it owes plus every reservation, and `record`s the answer's cost by the
+client's own count of the tokens. Its receipt comes after the answer (`receipts`) and is
+checked against the provider's host key, the request and answer it names, and that count. A
+receipt that claims more than the client counted is kept, marked disputed, and the client
+goes on paying by its own count; the provider can never claim more than the newest IOU,
+which names the client's count plus open reservations.
 
 While a call's answer is on its way, `ahead` signs the IOU the next call will need if it is
 like this one (only when the call is the channel's only one open): a client making one call
@@ -17,8 +18,11 @@ it names exactly what the next call's own would.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from dag.channels import ChannelTerms, Iou, channel_id
 from dag.crypto import Scheme, SigningKey
@@ -27,6 +31,9 @@ from experts.tokens import count_tokens
 from node.market_store import ChannelRow, MarketStore
 from protocols import infer_wire as wire
 from protocols import market_wire as mw
+
+log = logging.getLogger("swarm.market")
+RECEIPT_GIVE_UP_S = 60.0  # an answer whose receipt has not come by then is not waited for
 
 
 @dataclass
@@ -48,13 +55,14 @@ class ClientChannel:
         return self.terms.deposit * 1000 - self.owed_milli - self.reserved_milli
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PayTicket:
     channel: ClientChannel
     provider: str
     request: wire.Request
     price: int
     max_cost_milli: int
+    seq: int = 0  # its IOU's, once signed
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +77,9 @@ class Paid:
 # A counted answer whose receipt is still to check: (ticket, result, receipt, our token count,
 # our cost, the channel's total owed after it).
 _Unchecked = tuple[PayTicket, wire.TextResult | wire.ArrayResult, mw.Receipt, int, int, int]
+# A counted answer whose receipt has not come: (ticket, result, our token count, our cost, the
+# channel's total owed after it, when it was counted).
+_Awaiting = tuple[PayTicket, wire.TextResult | wire.ArrayResult, int, int, int, float]
 
 
 class Purse:
@@ -79,8 +90,13 @@ class Purse:
         self.chain = chain
         self._host_key_of = host_key_of
         self._open: dict[bytes, ClientChannel] = {}  # by provider account
-        # Answers counted and paid, whose receipts `check` has still to check and keep.
+        # Answers counted and paid, by (channel, seq), whose receipts have not come.
+        self._awaiting: dict[tuple[bytes, int], _Awaiting] = {}
+        # And those whose receipts came, which `check` has still to check and keep.
         self._unchecked: list[_Unchecked] = []
+        # Receipts that came before their answers were counted (the stream's reader got to
+        # them before the call's task ran on): (receipt, provider, when it came).
+        self._early: dict[tuple[bytes, int], tuple[mw.Receipt, str, float]] = {}
         for row in store.channels(role="client", state="open"):
             self.adopt(row)
 
@@ -128,6 +144,7 @@ class Purse:
         cumulative = max(1, mw.credits_for(channel.owed_milli + channel.reserved_milli))
         spare, channel.spare = channel.spare, None
         channel.seq += 1
+        ticket.seq = channel.seq
         if spare is not None and (spare[0].seq, spare[0].cumulative) == (channel.seq, cumulative):
             return spare[1]  # signed ahead: the very IOU this call needs
         return Iou.create(channel.key, channel.id, cumulative, channel.seq).to_bytes()
@@ -148,19 +165,67 @@ class Purse:
         ticket.channel.reserved_milli -= ticket.max_cost_milli
 
     def record(self, ticket: PayTicket, result: wire.TextResult | wire.ArrayResult) -> int:
-        """Count an answer's cost by our own count (what we pay, whatever the receipt says)
-        and queue its receipt for `check`; raise `RemoteProtocolError` if the answer has no
-        well-formed receipt. The reservation is released either way."""
+        """Count an answer's cost by our own count (what we pay, whatever the receipt will
+        say) and wait for its receipt. The reservation is released."""
         channel = ticket.channel
         channel.reserved_milli -= ticket.max_cost_milli
-        if result.receipt is None:
-            raise RemoteProtocolError("a paid answer came without a receipt", peer=ticket.provider)
-        receipt = mw.Receipt.from_wire(result.receipt)
         tokens = _our_count(ticket.request, result)
-        ours = mw.cost_milli(tokens, min(ticket.price, receipt.price_per_1k))
+        ours = mw.cost_milli(tokens, ticket.price)
         channel.owed_milli += ours
-        self._unchecked.append((ticket, result, receipt, tokens, ours, channel.owed_milli))
+        entry = (ticket, result, tokens, ours, channel.owed_milli, time.monotonic())
+        early = self._early.pop((channel.id, ticket.seq), None)
+        if early is not None and early[1] == ticket.provider:
+            self._queue(entry, early[0])
+        else:
+            self._awaiting[(channel.id, ticket.seq)] = entry
         return ours
+
+    def receipts(self, provider: str, items: list[Any]) -> int:
+        """Receipts `provider` sent for its answers: queued for `check`, each with its answer
+        (a receipt for no answer we wait for is dropped). Returns how many were queued."""
+        queued = 0
+        for item in items:
+            try:
+                receipt = mw.Receipt.from_wire(item)
+            except RemoteProtocolError as exc:
+                log.warning("provider %s sent a malformed receipt: %s", provider[-8:], exc)
+                continue
+            key = (receipt.channel_id, receipt.seq)
+            entry = self._awaiting.get(key)
+            if entry is None or entry[0].provider != provider:
+                # Its answer is not counted yet, or never will be (its call gave up).
+                self._early[key] = (receipt, provider, time.monotonic())
+                continue
+            del self._awaiting[key]
+            self._queue(entry, receipt)
+            queued += 1
+        return queued
+
+    def _queue(self, entry: _Awaiting, receipt: mw.Receipt) -> None:
+        ticket, result, tokens, ours, owed, _ = entry
+        if receipt.price_per_1k < ticket.price:  # a lower price than quoted: we pay it
+            lower = mw.cost_milli(tokens, receipt.price_per_1k)
+            ticket.channel.owed_milli -= ours - lower
+            ours, owed = lower, owed - (ours - lower)
+        self._unchecked.append((ticket, result, receipt, tokens, ours, owed))
+
+    @property
+    def queued(self) -> bool:
+        """Receipts wait for `check`."""
+        return bool(self._unchecked)
+
+    def awaiting(self) -> int:
+        """Answers whose receipts have not come (forgetting those given up on)."""
+        late = time.monotonic() - RECEIPT_GIVE_UP_S
+        for key, (_, _, came) in list(self._early.items()):
+            if came < late:
+                del self._early[key]  # the answer to a call that gave up
+        for key, entry in list(self._awaiting.items()):
+            if entry[5] < late:
+                del self._awaiting[key]
+                provider = entry[0].provider[-8:]
+                log.warning("no receipt came from %s for the answer of IOU %d", provider, key[1])
+        return len(self._awaiting)
 
     def check(self) -> list[Paid]:
         """Check the queued receipts and keep them: `keep(batch, judge(batch))` in one go."""

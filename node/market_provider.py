@@ -3,9 +3,11 @@
 `Till` is the `PaymentGate` of `protocols.infer_server`: for every paid request, in the order
 the requests came off the stream, `admit` checks the IOU against the channel (accepted on the
 DAG and told to us over `/swarm/market/1.0.0`), the client, the limits and the call's largest
-cost, and reserves that cost; `charge` counts the tokens actually served, stores the IOU and
-the new total with the receipt in one transaction, and signs the receipt; `release` drops the
-reservation of a call that failed. No consensus round is on this path.
+cost, and reserves that cost; `charge` counts the tokens actually served and journals the
+charge (with the IOU, when checked) before the answer goes out; `answered`, after it, signs
+the receipt and stores it whole, and the server sends it after the answer; `release` drops
+the reservation of a call that failed. No consensus round is on this path, and nothing on
+it signs.
 
 An IOU is admitted when its sequence number is above every earlier one of the channel (a
 replay is refused) and its amount covers what the channel has charged, what calls still open
@@ -15,16 +17,18 @@ sent, and the provider settles with it, claiming only what it charged.
 The IOU's signature is checked before the answer unless the newest IOU already checked pays
 for the call (IOUs name whole credits, so one usually covers many small calls): then the
 call risks nothing, and `answered` checks the signature after the answer has gone out, off
-the call's path. Only a checked IOU is stored (the provider settles with the newest stored
-one); an IOU that fails the late check ends the channel's service, and the provider settles
-with the last good one, which pays for everything it answered.
+the call's path, if the IOU pays more than the checked one (else it adds nothing, and is
+dropped unchecked). Only a checked IOU is stored (the provider settles with the newest
+stored one); an IOU that fails the late check ends the channel's service, and the provider
+settles with the last good one, which pays for everything it answered.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from dag.channels import ChannelTerms, Iou
 from dag.errors import RemoteProtocolError
@@ -52,7 +56,7 @@ class _Open:
     quotes: dict[str, tuple[int, int]] = field(default_factory=dict)  # expert: (price, until)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ticket:
     channel: _Open
     iou: Iou
@@ -61,6 +65,7 @@ class Ticket:
     max_cost_milli: int
     max_tokens: int
     checked: bool  # the IOU's signature was checked (else `answered` checks it)
+    charge: mw.Receipt | None = None  # what `charge` counted: the receipt, not yet signed
 
 
 class Till:
@@ -229,7 +234,7 @@ class Till:
             channel.paid_milli = max(channel.paid_milli, iou.cumulative * 1000)
         return Ticket(channel, iou, request.pay, price, max_cost, max_tokens, check_now)
 
-    def charge(self, ticket: object, request: wire.Request, result: wire.Result) -> list[object]:
+    def charge(self, ticket: object, request: wire.Request, result: wire.Result) -> None:
         assert isinstance(ticket, Ticket) and not isinstance(result, wire.ErrorResult)
         channel = ticket.channel
         tokens = min(result.tokens_in + result.tokens_out, ticket.max_tokens)
@@ -237,43 +242,54 @@ class Till:
         channel.reserved_milli -= ticket.max_cost_milli
         channel.charged_milli += cost
         channel.last_ms = self._now_ms()
-        fields = (
+        charge = mw.Receipt(
             channel.row.id,
             ticket.iou.seq,
             request.expert,
-            mw.request_digest(request),
-            mw.output_digest(result),
+            b"",
+            b"",
             result.tokens_in,
             result.tokens_out,
             ticket.price,
             cost,
             channel.charged_milli,
         )
-        signed = mw.Receipt(*fields, self._sign(mw.Receipt(*fields).message()))
-        iou = ticket.iou_bytes if ticket.checked else None  # (stored by `answered` once checked)
-        self.store.record_served(channel.row.peer, channel.terms.client, signed, iou)
+        iou = ticket.iou_bytes if ticket.checked else None  # (else stored by `answered`)
+        self.store.record_charge(channel.row.peer, channel.terms.client, charge, iou)
         self._served_today += tokens
         client = channel.terms.client
         self._client_today[client] = self._client_today.get(client, 0) + tokens
-        return signed.to_wire()
+        ticket.charge = charge
 
-    def answered(self, ticket: object) -> None:
-        """After a charged call's answer went out: check an IOU whose check could wait, and
-        store it; one that fails ends the channel's service (the calls it came with were paid
-        by an earlier IOU)."""
-        assert isinstance(ticket, Ticket)
-        if ticket.checked:
-            return
-        channel, iou = ticket.channel, ticket.iou
-        try:
-            iou.verify(channel.terms.iou_key)
-        except RemoteProtocolError as exc:
-            if not channel.refused:
-                log.warning("channel %s: bad IOU %d: %s", channel.row.id.hex()[:12], iou.seq, exc)
-            channel.refused = f"an IOU of this channel failed its check: {exc}"
-            return
-        channel.paid_milli = max(channel.paid_milli, iou.cumulative * 1000)
-        self.store.served_iou(channel.row.id, iou.seq, ticket.iou_bytes)
+    def answered(self, ticket: object, request: wire.Request, result: wire.Result) -> list[Any]:
+        """After a charged call's answer went out: check an IOU whose check could wait (one
+        that fails ends the channel's service: the calls it came with were paid by an
+        earlier IOU), sign the receipt and store it with the IOU."""
+        assert isinstance(ticket, Ticket) and not isinstance(result, wire.ErrorResult)
+        channel, iou, charge = ticket.channel, ticket.iou, ticket.charge
+        assert charge is not None
+        checked = ticket.checked
+        if not checked and iou.cumulative * 1000 > channel.paid_milli:
+            # (One that pays no more than the newest checked IOU is not needed: not checked,
+            # not stored. IOUs name whole credits, so most calls' IOUs are such.)
+            try:
+                iou.verify(channel.terms.iou_key)
+                checked = True
+            except RemoteProtocolError as exc:
+                if not channel.refused:
+                    log.warning(
+                        "channel %s: bad IOU %d: %s", channel.row.id.hex()[:12], iou.seq, exc
+                    )
+                channel.refused = f"an IOU of this channel failed its check: {exc}"
+            else:
+                channel.paid_milli = max(channel.paid_milli, iou.cumulative * 1000)
+        fields = replace(
+            charge, request_hash=mw.request_digest(request), output_hash=mw.output_digest(result)
+        )
+        signed = replace(fields, signature=self._sign(fields.message()))
+        stored = ticket.iou_bytes if checked else None
+        self.store.record_served(channel.row.peer, channel.terms.client, signed, stored)
+        return signed.to_wire()
 
     def release(self, ticket: object) -> None:
         assert isinstance(ticket, Ticket)

@@ -1,12 +1,13 @@
 """The market's durable state: `market.sqlite` in the data dir (stdlib `sqlite3`, WAL).
 
 Both sides of a channel keep it here: the client (its IOU key, its own count of what it owes,
-the receipts it got) and the provider (the receipts it signed, each with the IOU that pays for
-it, from which its channel's total and newest IOU are read). A provider appends that row to a
-journal (`node.journal`: one `write`, where a commit writes pages of three B-trees to the log)
-before it sends the answer, so a kill -9 after answering loses nothing it could settle; the
-rows reach the database in batches (`flush`: the market does it every few tens of
-milliseconds, every read of receipts does it first, and `open` replays what a crash left).
+the receipts it got) and the provider (a row per charged answer, with the IOU that pays for
+it, from which its channel's total and newest IOU are read). A provider appends the charge
+to a journal (`node.journal`: one `write`, where a commit writes pages of three B-trees to
+the log) before it sends the answer, so a kill -9 after answering loses nothing it could
+settle, and the signed receipt after it (the same row, whole); the rows reach the database
+in batches (`flush`: the market does it every few tens of milliseconds, every read of
+receipts does it first, and `open` replays what a crash left).
 Calls are small and inline (WAL with synchronous=NORMAL does not sync on commit); the trio
 loop owns the connection. Copying the log into the database file (a checkpoint, which syncs)
 is not left to whichever commit crosses SQLite's threshold, which would hold up a call for
@@ -147,19 +148,13 @@ class MarketStore:
         self._now_ms = now_ms
         self._checkpointer: sqlite3.Connection | None = None
         self._served: list[tuple[Any, ...]] = []  # journaled rows not in the database yet
-        self._ious: list[tuple[bytes, bytes, int]] = []  # and IOUs checked late: (iou, id, seq)
         self.on_served: Callable[[], None] = lambda: None  # a row was journaled
         try:
             self._journal = Journal(path + SERVED_JOURNAL)
         except JournalError as exc:
             raise MarketStoreError(str(exc)) from None
         try:
-            for body in self._journal.read():
-                row = _journaled(body)
-                if row[0] == "iou":
-                    self._ious.append((row[3], row[1], row[2]))
-                else:
-                    self._served.append(row)
+            self._served = [_journaled(body) for body in self._journal.read()]
         except (JournalError, ValueError) as exc:
             self._journal.close()
             raise MarketStoreError(f"market store {path}: {exc}") from None
@@ -258,44 +253,45 @@ class MarketStore:
 
     # -- receipts -------------------------------------------------------------------------
 
+    def record_charge(self, peer: str, client: bytes, charge: Any, iou: bytes | None) -> None:
+        """A provider's charged call, journaled before its answer goes out: a receipts row
+        with what settlement needs (the counts, and the IOU when it was checked before the
+        answer) and no signed receipt yet (`charge`: a `Receipt` without hashes nor
+        signature). `record_served` replaces it once the receipt is signed; a crash in
+        between leaves it, with an empty body: the charge stands, the receipt was never sent."""
+        row = _receipt_row("provider", peer, client, charge, "", iou, b"", self._now_ms())
+        self._journaled_row(row)
+
     def record_served(self, peer: str, client: bytes, receipt: Any, iou: bytes | None) -> None:
-        """A provider's answered call: the signed receipt (kept whole, as evidence) with the
-        IOU that pays for it (None: `served_iou` adds it once its signature is checked),
-        journaled before the answer goes out. The channel's total, seq and newest IOU are
-        read back from these rows."""
-        row = _receipt_row("provider", peer, client, receipt, "", iou, self._now_ms())
-        self._journal_record(row)
-        self._served.append(row)
+        """A provider's signed receipt (kept whole, as evidence) with the IOU that pays for
+        it, once checked (None: it failed its late check, and an earlier one pays). The
+        channel's total, seq and newest IOU are read back from these rows."""
+        body = _body(receipt)
+        self._journaled_row(
+            _receipt_row("provider", peer, client, receipt, "", iou, body, self._now_ms())
+        )
 
-    def served_iou(self, channel_id: bytes, seq: int, iou: bytes) -> None:
-        """The IOU of an answer recorded without it (its signature was checked after)."""
-        self._journal_record(("iou", channel_id, seq, iou))
-        self._ious.append((iou, channel_id, seq))
-
-    def _journal_record(self, record: tuple[Any, ...]) -> None:
-        if not self._served and not self._ious:
+    def _journaled_row(self, row: tuple[Any, ...]) -> None:
+        if not self._served:
             self.on_served()  # the first record since the last flush
-        self._journal.append(msgpack.packb(record, use_bin_type=True))
+        self._journal.append(msgpack.packb(row, use_bin_type=True))
+        self._served.append(row)
 
     def flush(self) -> None:
         """Write the journaled rows into the database in one transaction, then clear the
         journal (a crash in between replays rows already written: the same rows again)."""
-        if not self._served and not self._ious:
+        if not self._served:
             return
         c = self._conn
         c.execute("BEGIN IMMEDIATE")
         try:
-            c.executemany(_INSERT_RECEIPT, self._served)
-            c.executemany(
-                "UPDATE receipts SET iou = ? WHERE channel = ? AND seq = ? AND role = 'provider'",
-                self._ious,
-            )
+            c.executemany(_INSERT_RECEIPT, self._served)  # (in order: a receipt after its charge)
             c.execute("COMMIT")
         except BaseException:
             if c.in_transaction:
                 c.execute("ROLLBACK")
             raise
-        self._served, self._ious = [], []
+        self._served = []
         self._journal.clear()
 
     def _query(self, sql: str, args: Any = ()) -> sqlite3.Cursor:
@@ -311,7 +307,10 @@ class MarketStore:
         try:
             c.executemany(
                 _INSERT_RECEIPT,
-                [_receipt_row("client", p, cp, r, d, None, now) for p, cp, r, _, d in items],
+                [
+                    _receipt_row("client", p, cp, r, d, None, _body(r), now)
+                    for p, cp, r, _, d in items
+                ],
             )
             c.executemany(
                 "UPDATE channels SET charged_milli = MAX(charged_milli, ?), seq = MAX(seq, ?), "
@@ -411,24 +410,18 @@ class MarketStore:
 
 
 def _journaled(body: bytes) -> tuple[Any, ...]:
-    """A receipts row, or ("iou", channel, seq, iou), back from its journal record
-    (`ValueError` if it is neither)."""
+    """A receipts row back from its journal record (`ValueError` if it is not one)."""
     try:
         row = msgpack.unpackb(body)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise ValueError(f"journal record is not msgpack: {exc}") from None
     if isinstance(row, list) and len(row) == _RECEIPT_COLUMNS:
         return tuple(row)
-    if (
-        isinstance(row, list)
-        and len(row) == 4
-        and row[0] == "iou"
-        and isinstance(row[1], bytes)
-        and isinstance(row[2], int)
-        and isinstance(row[3], bytes)
-    ):
-        return tuple(row)
-    raise ValueError("journal record is neither a receipts row nor an IOU")
+    raise ValueError("journal record is not a receipts row")
+
+
+def _body(receipt: Any) -> bytes:
+    return encode(receipt.to_wire(), types_checked=True)  # (a receipt's fields are typed)
 
 
 def _receipt_row(
@@ -438,6 +431,7 @@ def _receipt_row(
     receipt: Any,
     disputed: str,
     iou: bytes | None,
+    body: bytes,
     at_ms: int,
 ) -> tuple[Any, ...]:
     return (
@@ -452,7 +446,7 @@ def _receipt_row(
         receipt.price_per_1k,
         receipt.cost_milli,
         receipt.charged_milli,
-        encode(receipt.to_wire(), types_checked=True),  # (a receipt's fields are typed)
+        body,
         at_ms,
         disputed,
         iou,

@@ -121,7 +121,13 @@ class ExpertService:
         channel = self._channels.get(peer)
         if channel is None:
             assert self._nursery is not None
-            channel = self._channels[peer] = InferChannel(peer, self.p2p.open_stream, self._nursery)
+            payer = self.inference.payer
+            channel = self._channels[peer] = InferChannel(
+                peer,
+                self.p2p.open_stream,
+                self._nursery,
+                on_receipts=payer.receipts if payer is not None else None,
+            )
         return channel
 
     def _on_joined(self, peer: str) -> None:

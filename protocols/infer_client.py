@@ -3,6 +3,10 @@
 A new libp2p stream costs several times a reused one, so each provider gets one stream that
 stays open; calls carry ids and may overlap. A broken stream fails the calls on it and is
 reopened by the next call; so is one the provider closed while no call was waiting.
+
+The receipts of paid answers come after them (see `protocols.infer_wire`): whichever call
+reads the stream hands them to `on_receipts`; when receipts are owed and no call is waiting,
+a task of the channel's reads them.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
@@ -22,6 +27,9 @@ from protocols.stream import FramedStream, Stream
 
 log = logging.getLogger("swarm.infer")
 OpenStream = Callable[[str, str], Awaitable[Stream]]
+OnReceipts = Callable[[str, list[Any]], None]
+RECEIPT_WAIT_S = 0.05  # how often an idle stream that owes receipts is read for them
+RECEIPT_TIMEOUT_S = 10.0  # receipts owed longer than this on an idle stream are given up
 
 
 class CallFailed(SwarmError):
@@ -38,12 +46,13 @@ class _Pending:
     """One call waiting for its answer. `wake` is set when it is answered or failed, or when
     it is to take over reading the stream."""
 
-    __slots__ = ("result", "error", "wake")
+    __slots__ = ("result", "error", "wake", "paid")
 
-    def __init__(self) -> None:
+    def __init__(self, paid: bool) -> None:
         self.result: wire.Result | None = None
         self.error: Exception | None = None
         self.wake = trio.Event()
+        self.paid = paid  # its answer is owed a receipt
 
     @property
     def settled(self) -> bool:
@@ -53,12 +62,17 @@ class _Pending:
 class _Line:
     """One stream to the provider and the calls waiting for answers on it."""
 
-    __slots__ = ("framed", "pending", "reading")
+    __slots__ = ("framed", "pending", "reading", "owed", "draining")
 
     def __init__(self, framed: FramedStream) -> None:
         self.framed = framed
         self.pending: dict[int, _Pending] = {}
-        self.reading = False  # one of the waiting calls is reading the stream
+        self.reading = False  # one of the waiting calls (or `_drain`) is reading the stream
+        self.owed = 0  # paid answers read whose receipts have not come yet
+        self.draining = False  # `_drain` runs for this line
+
+    def waiting(self) -> bool:
+        return any(not p.settled for p in self.pending.values())
 
 
 class InferChannel:
@@ -68,10 +82,17 @@ class InferChannel:
     nothing from the stream). A call alone on the channel thus reads its own answer, with no
     task in between."""
 
-    def __init__(self, peer: str, open_stream: OpenStream, nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        peer: str,
+        open_stream: OpenStream,
+        nursery: trio.Nursery,
+        on_receipts: OnReceipts | None = None,
+    ) -> None:
         self.peer = peer
         self._open = open_stream
-        self._nursery = nursery  # closes dropped streams
+        self._nursery = nursery  # closes dropped streams, runs `_drain`
+        self._on_receipts = on_receipts
         self._line: _Line | None = None
         self._open_lock = trio.Lock()
         self._send_lock = QuickLock()  # taken at once when free: once per call
@@ -101,7 +122,7 @@ class InferChannel:
         call's IOU; it runs under the send lock, so IOUs go out in the order they are made.
         `on_sent` runs once the request is on the wire: work to do while the answer comes."""
         line = await self._stream()
-        pending = line.pending[request.id] = _Pending()
+        pending = line.pending[request.id] = _Pending(pay is not None)
         try:
             async with self._send_lock:
                 sent = False
@@ -124,7 +145,7 @@ class InferChannel:
                     if not pending.settled:
                         pending.wake = trio.Event()  # woken to read next
                 else:
-                    await self._read(line, pending)
+                    await self._read(line, lambda: pending.settled, pending)
         except NetworkError:
             self._drop(line)
             raise
@@ -140,20 +161,32 @@ class InferChannel:
             raise RemoteProtocolError("answer names another expert than the call", peer=self.peer)
         return result
 
-    async def _read(self, line: _Line, mine: _Pending) -> None:
-        """Read answers, giving each to its call, until `mine` is settled; then (or when
-        cancelled) pass the reading to another call still waiting."""
+    async def _read(
+        self, line: _Line, done: Callable[[], bool], mine: _Pending | None = None
+    ) -> None:
+        """Read answers and receipts, giving each answer to its call, until `done()` (`mine`
+        is settled); then (or when cancelled) pass the reading to another call still
+        waiting, or, with receipts owed and none waiting, to `_drain`."""
         line.reading = True
         try:
-            while not mine.settled:
+            while not done():
                 body = await line.framed.receive()
                 if body is None:
                     raise NetworkError("provider closed the stream", peer=self.peer)
+                receipts = wire.decode_receipts(body, peer=self.peer)
+                if receipts is not None:
+                    line.owed = max(0, line.owed - len(receipts))
+                    if self._on_receipts is not None:
+                        self._on_receipts(self.peer, receipts)
+                    if body["t"] == "receipts":
+                        continue
                 result = wire.decode_result(body, peer=self.peer)
                 pending = line.pending.get(result.id)
                 if pending is not None:  # (else a late answer to a call that gave up)
                     pending.result = result
                     pending.wake.set()
+                    if pending.paid and not isinstance(result, wire.ErrorResult):
+                        line.owed += 1
         except (NetworkError, RemoteProtocolError) as exc:
             self._fail(line, exc)
         finally:
@@ -162,6 +195,26 @@ class InferChannel:
                 if pending is not mine and not pending.settled:
                     pending.wake.set()  # the next reader
                     break
+            else:
+                if line.owed and not line.draining and self._line is line:
+                    line.draining = True
+                    self._nursery.start_soon(self._drain, line)
+
+    async def _drain(self, line: _Line) -> None:
+        """Read the receipts owed on a stream no call is reading (at the end of a burst of
+        calls: during one, the calls read them)."""
+        try:
+            while line.owed and self._line is line:
+                await trio.sleep(RECEIPT_WAIT_S)  # deliberate: a call may come to read them
+                if line.reading or line.waiting() or not line.owed:
+                    continue
+                with trio.move_on_after(RECEIPT_TIMEOUT_S) as scope:
+                    await self._read(line, lambda: not line.owed or line.waiting())
+                if scope.cancelled_caught:
+                    log.warning("%d receipts from %s did not come", line.owed, self.peer[-8:])
+                    line.owed = 0
+        finally:
+            line.draining = False
 
     def _fail(self, line: _Line, error: Exception) -> None:
         """The line's stream is broken: it goes, and every call waiting on it gets `error`.

@@ -10,8 +10,10 @@ answered by the task that read it, with no task spawned for it.
 
 A node that serves for pay has a `PaymentGate`: each request is admitted (its IOU checked
 against the channel and the call's largest cost) in the order it came off the stream, before
-any work; the answer is charged (stored, receipt signed) before it is sent, and the gate hears
-once it has gone (`answered`), for what can wait until then.
+any work; the answer is charged (the charge stored) before it is sent; after it has gone,
+the gate signs its receipt (`answered`). A receipt rides on the stream's next answer, or, if
+none follows within `RECEIPT_DELAY_S`, goes in a frame of its own: signing and sending it
+costs the call nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -44,6 +45,7 @@ log = logging.getLogger("swarm.infer")
 Expert = TensorExpert | GeneratorExpert
 PARTIAL_FRAME_TIMEOUT_S = 5.0
 INLINE_CELLS = 64 * 1024  # a forward pass over fewer input cells than this runs inline
+RECEIPT_DELAY_S = 0.02  # how long a receipt waits for an answer to ride on
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,17 +80,62 @@ class PaymentGate(Protocol):
         Raises `PaymentRefused`."""
         ...
 
-    def charge(self, ticket: object, request: wire.Request, result: wire.Result) -> list[Any]:
-        """Charge an answered call, durably, and return its signed receipt (wire form)."""
+    def charge(self, ticket: object, request: wire.Request, result: wire.Result) -> None:
+        """Charge an answered call, durably, before the answer is sent."""
         ...
 
-    def answered(self, ticket: object) -> None:
-        """A charged call's answer has gone out (or could not): work that could wait."""
+    def answered(self, ticket: object, request: wire.Request, result: wire.Result) -> list[Any]:
+        """A charged call's answer has gone out (or could not): its signed receipt (wire
+        form), and any work that could wait."""
         ...
 
     def release(self, ticket: object) -> None:
         """The admitted call failed: nothing is charged."""
         ...
+
+
+class _Outlet:
+    """The sending side of one stream: answers, and the receipts that follow them."""
+
+    def __init__(self, framed: FramedStream, nursery: trio.Nursery) -> None:
+        self._framed = framed
+        self._nursery = nursery
+        self._lock = QuickLock()  # taken at once when free: once per answer
+        self._receipts: list[list[Any]] = []  # signed, not sent yet
+        self._flushing = False
+
+    async def answer(self, result: wire.Result) -> None:
+        body = result.encode()
+        async with self._lock:
+            if self._receipts:
+                body["receipts"], self._receipts = self._take()
+            await self._framed.send(body)
+
+    def _take(self) -> tuple[list[list[Any]], list[list[Any]]]:
+        """The receipts for one frame, and those left."""
+        if len(self._receipts) <= wire.MAX_RECEIPTS:
+            return self._receipts, []
+        return self._receipts[: wire.MAX_RECEIPTS], self._receipts[wire.MAX_RECEIPTS :]
+
+    def receipt(self, receipt: list[Any]) -> None:
+        self._receipts.append(receipt)
+        if not self._flushing:
+            self._flushing = True
+            self._nursery.start_soon(self._flush)
+
+    async def _flush(self) -> None:
+        """Send the receipts no answer has carried within `RECEIPT_DELAY_S`."""
+        try:
+            await trio.sleep(RECEIPT_DELAY_S)  # deliberate: the next answer may carry them
+            async with self._lock:
+                while self._receipts:
+                    receipts, self._receipts = self._take()
+                    body = {"t": "receipts", "v": wire.VERSION, "receipts": receipts}
+                    await self._framed.send(body)
+        except (NetworkError, PeerTimeout) as exc:
+            log.debug("could not send receipts: %s", exc)  # (each is stored: the provider's)
+        finally:
+            self._flushing = False
 
 
 class CallError(SwarmError):
@@ -228,18 +275,10 @@ class ExpertHost:
     async def serve(self, stream: Stream) -> None:
         """Answer calls on one stream until the peer closes it."""
         framed = FramedStream(stream, wire.MAX_FRAME)
-        send_lock = QuickLock()  # taken at once when free: once per answer
         peer = stream.remote_peer
-
-        async def answer(result: wire.Result, receipt: list[Any] | None = None) -> None:
-            body = result.encode()
-            if receipt is not None:
-                body["receipt"] = receipt  # a paid answer's, added here: no copy of the result
-            async with send_lock:
-                await framed.send(body)
-
         failure: Exception | None = None
         async with trio.open_nursery() as nursery:
+            outlet = _Outlet(framed, nursery)
             while True:
                 try:
                     body = await framed.receive(partial_timeout_s=PARTIAL_FRAME_TIMEOUT_S)
@@ -269,7 +308,7 @@ class ExpertHost:
                             refusal = wire.ErrorResult(request.id, exc.code, str(exc))
                 if refusal is not None:
                     try:
-                        await answer(refusal)
+                        await outlet.answer(refusal)
                     except (NetworkError, PeerTimeout) as exc:
                         failure = exc  # the peer is gone: stop reading
                         nursery.cancel_scope.cancel()
@@ -281,9 +320,9 @@ class ExpertHost:
                     # Nothing else has come in, and the pass is small: answering here costs
                     # no task and no trip through the scheduler (a spawn costs about as much
                     # as the pass), and reading on would find nothing to read.
-                    await self._handle(peer, request, answer, ticket)
+                    await self._handle(peer, request, outlet, ticket)
                 else:
-                    nursery.start_soon(self._handle, peer, request, answer, ticket)
+                    nursery.start_soon(self._handle, peer, request, outlet, ticket)
         if failure is not None:
             raise failure
 
@@ -299,10 +338,10 @@ class ExpertHost:
         self,
         peer: str,
         request: wire.Request,
-        answer: Callable[..., Awaitable[None]],
+        outlet: _Outlet,
         ticket: object | None = None,
     ) -> None:
-        receipt: list[Any] | None = None
+        charged = False
         alone = self._arrived[request.expert] == 1
         self._arrived[request.expert] -= 1
         if not self._arrived[request.expert]:
@@ -311,7 +350,8 @@ class ExpertHost:
             result = await self.call(request, alone=alone)
             if ticket is not None:
                 assert self.gate is not None and not isinstance(result, wire.ErrorResult)
-                receipt = self.gate.charge(ticket, request, result)
+                self.gate.charge(ticket, request, result)
+                charged = True
         except Busy as exc:
             result = wire.ErrorResult(request.id, "busy", str(exc))
         except CallError as exc:
@@ -322,19 +362,19 @@ class ExpertHost:
             log.warning("call to %s failed: %s", request.expert[:12], exc)
             result = wire.ErrorResult(request.id, "internal", str(exc))
         finally:
-            if ticket is not None and receipt is None:
+            if ticket is not None and not charged:
                 assert self.gate is not None
                 self.gate.release(ticket)
             self._inflight[peer] -= 1
             if self._inflight[peer] <= 0:
                 del self._inflight[peer]  # one key per peer with calls open, not per peer ever
         try:
-            await answer(result, receipt)
+            await outlet.answer(result)
         except (NetworkError, PeerTimeout) as exc:
             log.debug("could not answer %s: %s", peer, exc)
-        if receipt is not None:
+        if charged:
             assert self.gate is not None
-            self.gate.answered(ticket)
+            outlet.receipt(self.gate.answered(ticket, request, result))
 
     async def call(self, request: wire.Request, *, alone: bool = False) -> wire.Result:
         """Run one request against a hosted expert (also used for local calls); `alone`:

@@ -17,10 +17,15 @@ may come back in any order.
 `deadline_ms` is the time the caller still gives the call, relative, so no clocks need to
 agree. For a tensor call the billable tokens are the rows in and the rows out.
 
-A paid call adds `"pay": bytes` (the client's IOU) to the request, and the provider adds
-`"receipt": [...]` to the answer, or refuses with the error code "payment" (this call
-cannot be paid: no IOU, a bad or short one, a limit) or "channel" (the IOU's channel cannot
-pay here at all: the client opens another); see `protocols.market_wire`.
+A paid call adds `"pay": bytes` (the client's IOU) to the request, or is refused with the
+error code "payment" (this call cannot be paid: no IOU, a bad or short one, a limit) or
+"channel" (the IOU's channel cannot pay here at all: the client opens another). The signed
+receipt of a paid answer follows it (see `protocols.market_wire`): the provider adds
+`"receipts": [receipt, ...]` to a later answer on the stream, or sends them on their own,
+
+ -> {"t": "receipts", "v": 1, "receipts": [receipt, ...]}
+
+at most `RECEIPT_DELAY_S` of `protocols.infer_server` after the answer.
 """
 
 from __future__ import annotations
@@ -48,17 +53,12 @@ ERROR_CODES = (
     "channel",
 )
 MAX_PAY_BYTES = 256
+MAX_RECEIPTS = 4096  # receipts in one frame
 
 
 def _paid(body: dict[str, Any], pay: bytes | None) -> dict[str, Any]:
     if pay is not None:
         body["pay"] = pay
-    return body
-
-
-def _receipted(body: dict[str, Any], receipt: list[Any] | None) -> dict[str, Any]:
-    if receipt is not None:
-        body["receipt"] = receipt
     return body
 
 
@@ -136,22 +136,18 @@ class TextResult:
     tokens_in: int
     tokens_out: int
     compute_us: int
-    receipt: list[Any] | None = None
 
     def encode(self) -> dict[str, Any]:
-        return _receipted(
-            {
-                "t": "text",
-                "v": VERSION,
-                "id": self.id,
-                "expert": self.expert,
-                "text": self.text,
-                "tokens_in": self.tokens_in,
-                "tokens_out": self.tokens_out,
-                "compute_us": self.compute_us,
-            },
-            self.receipt,
-        )
+        return {
+            "t": "text",
+            "v": VERSION,
+            "id": self.id,
+            "expert": self.expert,
+            "text": self.text,
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "compute_us": self.compute_us,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,27 +160,23 @@ class ArrayResult:
     tokens_in: int
     tokens_out: int
     compute_us: int
-    receipt: list[Any] | None = None
 
     def array(self) -> npt.NDArray[np.float32]:
         return np.frombuffer(self.data, dtype="<f4").reshape(self.rows, self.cols)
 
     def encode(self) -> dict[str, Any]:
-        return _receipted(
-            {
-                "t": "array",
-                "v": VERSION,
-                "id": self.id,
-                "expert": self.expert,
-                "rows": self.rows,
-                "cols": self.cols,
-                "data": self.data,
-                "tokens_in": self.tokens_in,
-                "tokens_out": self.tokens_out,
-                "compute_us": self.compute_us,
-            },
-            self.receipt,
-        )
+        return {
+            "t": "array",
+            "v": VERSION,
+            "id": self.id,
+            "expert": self.expert,
+            "rows": self.rows,
+            "cols": self.cols,
+            "data": self.data,
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "compute_us": self.compute_us,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,15 +272,25 @@ def decode_result(body: dict[str, Any], *, peer: str) -> Result:
     tokens_in = _count(body, "tokens_in", peer, 1 << 30)
     tokens_out = _count(body, "tokens_out", peer, 1 << 30)
     compute_us = _count(body, "compute_us", peer, 1 << 40)
-    receipt = body.get("receipt")
-    if receipt is not None and not isinstance(receipt, list):
-        raise RemoteProtocolError(f"{body['t']}: receipt must be an array", peer=peer)
     if body["t"] == "text":
         text = field(body, "text", str, peer=peer, max_len=1 << 20)
-        return TextResult(request_id, expert, text, tokens_in, tokens_out, compute_us, receipt)
+        return TextResult(request_id, expert, text, tokens_in, tokens_out, compute_us)
     if body["t"] == "array":
         rows, cols, data = _tensor_shape(body, peer)
-        return ArrayResult(
-            request_id, expert, rows, cols, data, tokens_in, tokens_out, compute_us, receipt
-        )
+        return ArrayResult(request_id, expert, rows, cols, data, tokens_in, tokens_out, compute_us)
     raise RemoteProtocolError(f"unknown infer result type {body['t']!r}", peer=peer)
+
+
+def decode_receipts(body: dict[str, Any], *, peer: str) -> list[Any] | None:
+    """The receipts a frame carries (an answer's `"receipts"`, or a "receipts" frame's), each
+    still to be checked (`protocols.market_wire.Receipt.from_wire`); None if it has none."""
+    receipts = body.get("receipts")
+    if receipts is None:
+        if body["t"] == "receipts":
+            raise RemoteProtocolError("receipts: the frame has no receipts", peer=peer)
+        return None
+    if not isinstance(receipts, list) or not 0 < len(receipts) <= MAX_RECEIPTS:
+        raise RemoteProtocolError(
+            f"{body['t']}: receipts must be an array of 1..{MAX_RECEIPTS}", peer=peer
+        )
+    return receipts

@@ -69,7 +69,10 @@ class Payer(Protocol):
         """The call's request is on the wire: work that can be done while the answer comes."""
 
     def paid(self, ticket: object, result: wire.TextResult | wire.ArrayResult) -> int:
-        """Check and keep the answer's receipt; what the call cost in milli-credits."""
+        """Count the answer; what the call cost in milli-credits (its receipt comes after)."""
+
+    def receipts(self, provider: str, items: list[Any]) -> None:
+        """Receipts that came from `provider` for its answers: checked and kept."""
 
     def unpaid(self, ticket: object, error: BaseException) -> None:
         """The call failed: drop its reservation, and learn from a payment refusal."""

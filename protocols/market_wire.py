@@ -1,7 +1,8 @@
 """Messages of the market: usage receipts, and `/swarm/market/1.0.0` (quotes, channels).
 
 A paid call is an ordinary `/swarm/infer/1.0.0` call whose request carries `"pay"`, the
-client's IOU (`dag.channels.Iou`, its canonical bytes), and whose answer carries `"receipt"`:
+client's IOU (`dag.channels.Iou`, its canonical bytes), and whose answer is followed by its
+receipt (in a later frame's `"receipts"`, see `protocols.infer_wire`):
 
     ["swarm/receipt", 1, channel id, IOU seq, expert id (hex), request hash, output hash,
      tokens_in, tokens_out, price per 1k, cost (milli-credits), charged (milli-credits), sig]

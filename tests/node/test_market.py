@@ -18,14 +18,14 @@ from dag.crypto import Scheme, SigningKey
 from dag.kinds import default_registry
 from dag.ledger import Ledger
 from node.config import MarketConfig
-from node.market_client import Purse, new_channel_row
+from node.market_client import Paid, Purse, new_channel_row
 from node.market_provider import Ticket, Till
 from node.market_store import MarketStore
 from protocols import infer_wire as wire
 from protocols import market_wire as mw
 from protocols.infer_client import CallFailed, InferChannel
-from protocols.infer_server import ChannelRefused, ExpertHost, PaymentRefused
-from protocols.stream import Stream, memory_stream_pair
+from protocols.infer_server import RECEIPT_DELAY_S, ChannelRefused, ExpertHost, PaymentRefused
+from protocols.stream import FramedStream, Stream, memory_stream_pair
 from tests.dag.helpers import GENESIS_MS, key, make_genesis, signed
 
 FFN = experts.build_ffn(64, seed=1)
@@ -91,10 +91,32 @@ class Market:
             lambda peer: HOST.public_key.raw if peer == "provider" else None,
         )
         self.channel = self.purse.adopt(replace(client_row, state="open"), self.terms)
+        self.keep_receipts = True  # else receipts that come are dropped (a client that died)
+        self._paid: dict[int, Paid] = {}  # checked receipts, by seq
+        self._came = trio.Event()
+
+    def on_receipts(self, peer: str, items: list[Any]) -> None:
+        """What the client's market does with receipts that come: check and keep them."""
+        if self.keep_receipts:
+            self.purse.receipts(peer, items)
+            self.check()
+
+    def check(self) -> None:
+        self._paid.update((paid.receipt.seq, paid) for paid in self.purse.check())
+        self._came.set()
+        self._came = trio.Event()
+
+    async def paid_for(self, seq: int) -> Paid:
+        """The checked receipt of the answer to the call of IOU `seq`, once it came."""
+        while seq not in self._paid:
+            await self._came.wait()
+        return self._paid.pop(seq)
 
 
 @asynccontextmanager
-async def serving(host: ExpertHost, caller: str = "caller") -> AsyncIterator[InferChannel]:
+async def serving(
+    host: ExpertHost, market: Market | None = None, caller: str = "caller"
+) -> AsyncIterator[InferChannel]:
     async with trio.open_nursery() as nursery:
         await nursery.start(host.run)
 
@@ -103,7 +125,8 @@ async def serving(host: ExpertHost, caller: str = "caller") -> AsyncIterator[Inf
             nursery.start_soon(host.serve, theirs)
             return ours
 
-        yield InferChannel("provider", open_stream, nursery)
+        on_receipts = market.on_receipts if market is not None else None
+        yield InferChannel("provider", open_stream, nursery, on_receipts=on_receipts)
         nursery.cancel_scope.cancel()
 
 
@@ -128,8 +151,8 @@ async def _paid_call(
         market.purse.release(ticket)
         raise
     market.purse.record(ticket, result)
-    (paid,) = market.purse.check()
-    return paid
+    market.check()  # (its receipt may have come before the answer was counted)
+    return await market.paid_for(ticket.seq)
 
 
 def _settle_and_apply(market: Market, iou: bytes, charged_milli: int) -> Ledger:
@@ -152,7 +175,7 @@ async def test_paid_calls_are_charged_receipted_and_settle_what_was_served(tmp_p
     market = Market(tmp_path)
     host = ExpertHost([FFN], gate=market.till)
     with trio.fail_after(20):
-        async with serving(host) as channel:
+        async with serving(host, market) as channel:
             async with trio.open_nursery() as nursery:
                 for i in range(60):
                     nursery.start_soon(_paid_call, market, channel, i)
@@ -192,7 +215,7 @@ async def test_the_iou_signed_while_an_answer_comes_pays_for_the_next_call_like_
 
     monkeypatch.setattr(market.purse, "sign", kept)
     with trio.fail_after(20):
-        async with serving(host) as channel:
+        async with serving(host, market) as channel:
             await _paid_call(market, channel, 1, ahead=True)
             assert signed_at == [(1, 1), (2, 1)]  # its own, then the next call's, ahead
             spare = market.channel.spare
@@ -206,7 +229,8 @@ async def test_the_iou_signed_while_an_answer_comes_pays_for_the_next_call_like_
     assert [Iou.from_bytes(b).seq for b in sent] == [1, 2, 3, 4]
     assert market.channel.owed_milli == (2 + 2 + 120 + 2) * PRICE
     row = market.till.store.channel(market.id)
-    assert row is not None and row.iou == sent[-1] and row.charged_milli == 1260
+    # The newest IOU that pays more than the one before (the last names the same 2 credits).
+    assert row is not None and row.iou == sent[2] and row.charged_milli == 1260
     _settle_and_apply(market, row.iou, row.charged_milli)
 
 
@@ -275,34 +299,41 @@ def test_an_iou_paid_for_already_is_checked_after_the_answer_and_a_bad_one_ends_
     till = market.till
     ious = {}
 
-    def answer(seq: int, signer: SigningKey = IOU_KEY) -> Any:
-        ious[seq] = _iou(market, 1, seq, signer)  # 1 credit: 50 calls at 0.02
+    def answer(seq: int, credits: int, signer: SigningKey = IOU_KEY) -> Any:
+        ious[seq] = _iou(market, credits, seq, signer)  # 1 credit: 50 calls at 0.02
         request = replace(_request(seq), pay=ious[seq])
         ticket = till.admit("caller", request)
         result = wire.ArrayResult(seq, FFN.expert_id, 1, 64, bytes(256), 1, 1, 5)
         till.charge(ticket, request, result)
-        return ticket
+        return ticket, request, result
 
     def stored() -> Any:
         row = till.store.channel(market.id)
         assert row is not None
         return row
 
-    first = answer(1)
-    assert first.checked  # nothing paid for this call before its own IOU
-    till.answered(first)
-    second = answer(2)
-    assert not second.checked  # the first IOU pays for it: checked after the answer
-    assert stored().iou == ious[1]  # stored only once checked
-    till.answered(second)
-    assert stored().iou == ious[2]
-    forged = answer(3, signer=MALLORY)  # answered: the second IOU pays for it
-    till.answered(forged)
+    first = answer(1, 1)
+    assert first[0].checked  # nothing paid for this call before its own IOU
+    assert stored().iou == ious[1]  # stored with the charge, before the answer
+    till.answered(*first)
+    # Paid for by the first IOU, and paying no more: never checked, never stored, so even
+    # a forged one does no harm.
+    idle = answer(2, 1, signer=MALLORY)
+    assert not idle[0].checked
+    till.answered(*idle)
+    assert stored().iou == ious[1]
+    more = answer(3, 2)  # pays more: checked after the answer, and stored then
+    assert not more[0].checked
+    assert stored().iou == ious[1]
+    till.answered(*more)
+    assert stored().iou == ious[3]
+    forged = answer(4, 3, signer=MALLORY)  # answered: the third IOU pays for it
+    till.answered(*forged)
     with pytest.raises(ChannelRefused, match="failed its check"):
-        till.admit("caller", replace(_request(4), pay=_iou(market, 1, 4)))
+        till.admit("caller", replace(_request(5), pay=_iou(market, 3, 5)))
     row = stored()
-    assert row.iou == ious[2] and row.charged_milli == 3 * 2 * PRICE
-    # The last good IOU pays for every answer, the forged one's too.
+    assert row.iou == ious[3] and row.charged_milli == 4 * 2 * PRICE
+    # The last good IOU pays for every answer, the forged ones' too.
     ledger = _settle_and_apply(market, row.iou, row.charged_milli)
     assert ledger.balance(PROVIDER.account_id) == 1
 
@@ -310,13 +341,13 @@ def test_an_iou_paid_for_already_is_checked_after_the_answer_and_a_bad_one_ends_
 def test_a_provider_restarted_before_a_late_check_keeps_the_earlier_iou(tmp_path: Path) -> None:
     market = Market(tmp_path)
     first = _iou(market, 1, 1)
-    for seq, pay in ((1, first), (2, _iou(market, 1, 2))):
+    for seq, pay in ((1, first), (2, _iou(market, 2, 2))):
         request = replace(_request(seq), pay=pay)
         ticket = market.till.admit("caller", request)
         result = wire.ArrayResult(seq, FFN.expert_id, 1, 64, bytes(256), 1, 1, 5)
         market.till.charge(ticket, request, result)
         if seq == 1:
-            market.till.answered(ticket)
+            market.till.answered(ticket, request, result)
     # kill -9 here, before the second IOU's late check: a new till on the same files
     again = _till(tmp_path)
     row = again.store.channel(market.id)
@@ -335,20 +366,87 @@ def test_the_client_day_limit_holds_across_calls(tmp_path: Path) -> None:
         market.till.admit("caller", replace(request, pay=_iou(market, 1, 2)))
 
 
+async def test_a_receipt_rides_on_the_next_answer_or_comes_alone_after_a_while(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The receipt is signed after its answer has gone: the stream's next answer carries it,
+    # and a burst's last one comes in a frame of its own once RECEIPT_DELAY_S has passed.
+    market = Market(tmp_path)
+    host = ExpertHost([FFN], gate=market.till)
+    ours, theirs = memory_stream_pair("caller", "provider")
+    framed = FramedStream(ours, wire.MAX_FRAME)
+
+    async def call(i: int) -> tuple[dict[str, Any], float]:
+        ticket = market.purse.reserve(market.channel, "provider", _request(i), PRICE)
+        assert ticket is not None
+        await framed.send(replace(_request(i), pay=market.purse.sign(ticket)).encode())
+        body = await framed.receive()
+        assert body is not None and body["id"] == i
+        return body, trio.current_time()
+
+    def seq_of(receipts: list[Any]) -> list[int]:
+        return [mw.Receipt.from_wire(r).seq for r in receipts]
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(host.run)
+            nursery.start_soon(host.serve, theirs)
+            first, _ = await call(1)
+            assert "receipt" not in first and "receipts" not in first
+            second, answered_at = await call(2)
+            assert seq_of(second["receipts"]) == [1]
+            alone = await framed.receive()
+            assert alone is not None and alone["t"] == "receipts"
+            assert seq_of(alone["receipts"]) == [2]
+            assert trio.current_time() - answered_at >= RECEIPT_DELAY_S
+            nursery.cancel_scope.cancel()
+
+
+def test_a_receipt_that_comes_before_its_answer_is_counted_is_kept_for_it(
+    tmp_path: Path,
+) -> None:
+    market = Market(tmp_path)
+    purse, till = market.purse, market.till
+
+    def served(i: int) -> tuple[Any, wire.ArrayResult, list[Any]]:
+        ticket = purse.reserve(market.channel, "provider", _request(i), PRICE)
+        assert ticket is not None
+        request = replace(_request(i), pay=purse.sign(ticket))
+        admitted = till.admit("caller", request)
+        result = wire.ArrayResult(i, FFN.expert_id, 1, 64, bytes(256), 1, 1, 5)
+        till.charge(admitted, request, result)
+        return ticket, result, till.answered(admitted, request, result)
+
+    ticket, result, receipt = served(1)
+    assert purse.receipts("provider", [receipt]) == 0  # its answer is not counted yet
+    assert purse.record(ticket, result) == 2 * PRICE
+    (paid,) = purse.check()
+    assert paid.receipt.seq == 1 and not paid.disputed and purse.awaiting() == 0
+    ticket, result, receipt = served(2)
+    purse.record(ticket, result)
+    assert purse.awaiting() == 1
+    assert purse.receipts("mallory", [receipt]) == 0  # another provider's stream: not its
+    assert purse.receipts("provider", [["not", "a receipt"], receipt]) == 1
+    (paid,) = purse.check()
+    assert paid.receipt.seq == 2 and purse.awaiting() == 0
+    assert [r["seq"] for r in purse.store.receipts("client")] == [2, 1]
+
+
 async def test_a_receipt_claiming_more_tokens_is_disputed_and_not_paid(tmp_path: Path) -> None:
     market = Market(tmp_path)
     honest_charge = market.till.charge
 
-    def inflated(ticket: object, request: wire.Request, result: wire.Result) -> list[object]:
-        # A provider that bills one token more than it served, past its own reservation.
+    def inflated(ticket: object, request: wire.Request, result: wire.Result) -> None:
+        # A provider that bills one token more than it served, past its own reservation
+        # (and signs a receipt for that count).
         assert isinstance(result, wire.ArrayResult) and isinstance(ticket, Ticket)
-        more = replace(ticket, max_tokens=ticket.max_tokens + 1)
-        return honest_charge(more, request, replace(result, tokens_out=result.tokens_out + 1))
+        ticket.max_tokens += 1
+        honest_charge(ticket, request, replace(result, tokens_out=result.tokens_out + 1))
 
     market.till.charge = inflated  # type: ignore[method-assign]
     host = ExpertHost([FFN], gate=market.till)
     with trio.fail_after(10):
-        async with serving(host) as channel:
+        async with serving(host, market) as channel:
             paid = await _paid_call(market, channel, 1, rows=2)
             assert "we count 0.040" in paid.disputed and paid.cost_milli == 4 * PRICE
             assert paid.receipt.cost_milli == 5 * PRICE
@@ -365,7 +463,7 @@ async def test_a_receipt_not_signed_by_the_provider_is_kept_disputed(tmp_path: P
     market.purse._host_key_of = lambda peer: SigningKey(Scheme.ED25519, b"\x08" * 32).public_key.raw
     host = ExpertHost([FFN], gate=market.till)
     with trio.fail_after(10):
-        async with serving(host) as channel:
+        async with serving(host, market) as channel:
             paid = await _paid_call(market, channel, 1)
     assert "not the provider's receipt" in paid.disputed and "signature" in paid.disputed
     (kept,) = market.purse.store.receipts("client")
@@ -378,7 +476,7 @@ async def test_a_provider_restarted_after_answering_settles_with_the_stored_iou(
     market = Market(tmp_path)
     host = ExpertHost([FFN], gate=market.till)
     with trio.fail_after(10):
-        async with serving(host) as channel:
+        async with serving(host, market) as channel:
             for i in range(3):
                 await _paid_call(market, channel, i)
     market.till.store.close()  # a kill -9: nothing but what the store holds survives
@@ -398,10 +496,11 @@ async def test_a_client_restarted_before_keeping_receipts_resumes_from_the_provi
 ) -> None:
     market = Market(tmp_path)
     market.purse.store.put_channel(market.channel.row)
+    market.keep_receipts = False  # the receipts never checked nor kept
     host = ExpertHost([FFN], gate=market.till)
     with trio.fail_after(10):
-        async with serving(host) as channel:
-            for i in range(3):  # answered and counted; the receipts never checked nor kept
+        async with serving(host, market) as channel:
+            for i in range(3):  # answered and counted
                 request = _request(i)
                 ticket = market.purse.reserve(market.channel, "provider", request, PRICE)
                 assert ticket is not None
@@ -425,11 +524,13 @@ async def test_a_client_restarted_before_keeping_receipts_resumes_from_the_provi
             quote = mw.Quote(True, {}, 0)
             purse.resume(again, mw.ChannelState(served.charged_milli, served.seq, None, quote))
             assert again.owed_milli == 3 * 2 * PRICE and again.synced
+            market.purse, market.keep_receipts = purse, True
             ticket = purse.reserve(again, "provider", _request(8), PRICE)
             assert ticket is not None
             result = await channel.call(_request(8), pay=lambda: purse.sign(ticket))
             assert purse.record(ticket, result) == 2 * PRICE
-            (paid,) = purse.check()
+            market.check()
+            paid = await market.paid_for(ticket.seq)
             assert not paid.disputed and paid.receipt.charged_milli == 4 * 2 * PRICE
 
 

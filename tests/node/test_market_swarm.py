@@ -96,7 +96,7 @@ async def test_paid_calls_settle_on_the_dag_with_the_same_balances_everywhere(
                 for _ in range(24):
                     nursery.start_soon(call)
 
-            await client.market.check_receipts()  # what its background task does after answers
+            await client.market.check_receipts(wait_s=10)  # what its background task does
             (channel,) = client.market.store.channels(role="client")
             assert channel.state == "open" and channel.charged_milli == 25 * 2 * PRICE
             served = provider.market.till.state(channel.id)
@@ -120,7 +120,7 @@ async def test_paid_calls_settle_on_the_dag_with_the_same_balances_everywhere(
             # The settled channel is no longer served: the next call opens a new one.
             again = await infer.tensor(ffn, rows, deadline_s=30, remote_only=True)
             assert again.cost_milli == 2 * PRICE
-            await client.market.check_receipts()
+            await client.market.check_receipts(wait_s=10)
             for node in (client, provider):
                 await node.market.keep()
                 ended = node.market.store.channel(channel.id)

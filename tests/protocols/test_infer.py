@@ -172,6 +172,47 @@ def test_counts_out_of_range_or_of_another_type_are_refused_by_name(key: str, va
         wire.decode_request(body, peer="p")
 
 
+@pytest.mark.parametrize(
+    "receipts", [None, [], "receipt", {"a": 1}, [["r"]] * (wire.MAX_RECEIPTS + 1)]
+)
+def test_a_frame_of_receipts_with_none_or_too_many_is_refused(receipts: Any) -> None:
+    body: dict[str, Any] = {"t": "receipts", "v": wire.VERSION}
+    assert wire.decode_receipts({**body, "receipts": [["r"]]}, peer="p") == [["r"]]
+    if receipts is not None:
+        body["receipts"] = receipts
+    with pytest.raises(RemoteProtocolError, match="receipts"):
+        wire.decode_receipts(body, peer="p")
+
+
+async def test_a_malformed_receipts_frame_fails_the_calls_on_the_stream() -> None:
+    ours, theirs = memory_stream_pair("caller", "provider")
+
+    async def open_stream(peer: str, protocol: str) -> Stream:
+        return ours
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            got: list[Any] = []
+            channel = InferChannel(
+                "provider", open_stream, nursery, on_receipts=lambda p, r: got.append(r)
+            )
+            provider_side = FramedStream(theirs, wire.MAX_FRAME)
+
+            async def answer() -> None:
+                body = await provider_side.receive_required()
+                result = wire.ArrayResult(body["id"], FFN.expert_id, 1, 1, bytes(4), 1, 1, 1)
+                await provider_side.send({**result.encode(), "receipts": [["r1"]]})
+                await provider_side.receive_required()
+                await provider_side.send({"t": "receipts", "v": wire.VERSION, "receipts": "no"})
+
+            nursery.start_soon(answer)
+            await channel.call(tensor(1, np.zeros((1, 64))))
+            assert got == [[["r1"]]]  # an answer's receipts go to the market
+            with pytest.raises(RemoteProtocolError, match="receipts must be an array"):
+                await channel.call(tensor(2, np.zeros((1, 64))))
+            nursery.cancel_scope.cancel()
+
+
 async def test_a_flooding_peer_is_told_busy_and_others_are_served() -> None:
     math = experts.load_generator("mathematics")
     host = ExpertHost([math], ServeLimits(inflight_per_peer=2, generator_threads=1))
