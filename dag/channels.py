@@ -53,6 +53,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import msgpack
+
 from dag.codec import as_array, as_bytes, as_int, decode, encode, expect_header
 from dag.crypto import ACCOUNT_ID_BYTES, PublicKey, Scheme, Signature, SigningKey, scheme_of
 from dag.errors import DecodeError, InvalidSignature, InvalidTransaction, RemoteProtocolError
@@ -224,6 +226,10 @@ class Iou:
     @classmethod
     def from_bytes(cls, data: bytes) -> Iou:
         """Decode one IOU of at most `MAX_IOU_BYTES` (signature not verified)."""
+        iou = _well_formed(data)
+        if iou is not None:
+            return iou
+        # Not an IOU as an honest client encodes one: the checks one by one, for the error.
         iou = cls.from_fields(decode(data, max_bytes=MAX_IOU_BYTES, what="IOU"))
         # Canonical: its fields, each checked, encode back to exactly these bytes (cheaper
         # than `decode_canonical`, which checks every type again to re-encode). Every paid
@@ -231,6 +237,42 @@ class Iou:
         if encode(iou.to_fields(), types_checked=True) != data:
             raise DecodeError("IOU: not in canonical encoding")
         return iou
+
+
+def _well_formed(data: bytes) -> Iou | None:
+    """The IOU `data` encodes, if every field is of its type and range and the encoding is
+    canonical; else None (and `Iou.from_bytes` finds out why). A paid call's path: plain
+    type tests, one unpack and one pack, instead of a checker per field."""
+    if type(data) is not bytes or len(data) > MAX_IOU_BYTES:
+        return None
+    try:
+        fields = msgpack.unpackb(data)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+        return None
+    if type(fields) is not list or len(fields) != 6:
+        return None
+    tag, version, channel, cumulative, seq, sig = fields
+    if not (
+        type(tag) is str
+        and tag == IOU_TAG
+        and type(version) is int
+        and version == IOU_VERSION
+        and type(channel) is bytes
+        and len(channel) == CHANNEL_ID_BYTES
+        and type(cumulative) is int
+        and 1 <= cumulative <= MAX_CREDITS
+        and type(seq) is int
+        and 0 <= seq <= MAX_SEQ
+        and type(sig) is list
+        and len(sig) == 2
+        and type(sig[0]) is int
+        and type(sig[1]) is bytes
+    ):
+        return None
+    scheme = scheme_of(sig[0])
+    if scheme is None or msgpack.packb(fields, use_bin_type=True) != data:
+        return None
+    return Iou(channel, cumulative, seq, Signature(scheme, sig[1]))
 
 
 def _terms_fields(fields: list[Any], what: str) -> tuple[int, int, int, int, bytes]:

@@ -105,6 +105,7 @@ class Market:
         self._opening: dict[bytes, _Opening] = {}  # by provider account
         self._unchecked = trio.Event()
         self._came = trio.Event()  # receipts came (for `check_receipts` with a wait)
+        self._arrived: list[tuple[str, list[Any]]] = []  # receipts as they came, not read
         self._checking = trio.Lock()  # one batch of receipts checked at a time, in order
         self._nursery: trio.Nursery | None = None
 
@@ -278,11 +279,16 @@ class Market:
         return cost
 
     def receipts(self, provider: str, items: list[Any]) -> None:
-        """Receipts that came on a stream from `provider`: checked and kept off the calls'
-        path, in batches (`_checker`)."""
-        if self.purse.receipts(provider, items):
-            self._unchecked.set()
-            self._came.set()
+        """Receipts that came on a stream from `provider`: read, checked and kept off the
+        calls' path, in batches (`_checker`)."""
+        self._arrived.append((provider, items))
+        self._unchecked.set()
+        self._came.set()
+
+    def _match_arrived(self) -> None:
+        arrived, self._arrived = self._arrived, []
+        for provider, items in arrived:
+            self.purse.receipts(provider, items)
 
     async def _checker(self) -> None:
         """Check and keep receipts in batches, after the answers have gone to the callers."""
@@ -307,9 +313,12 @@ class Market:
         """Check and keep every receipt queued so far (what `_checker` does each window);
         with `wait_s`, first wait up to that long for the receipts of every answer."""
         with trio.move_on_after(wait_s):
+            self._match_arrived()
             while self.purse.awaiting():
                 self._came = trio.Event()
                 await self._came.wait()
+                self._match_arrived()
+        self._match_arrived()
         async with self._checking:
             batch = self.purse.unchecked()
             if not batch:

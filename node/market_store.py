@@ -285,7 +285,9 @@ class MarketStore:
         c = self._conn
         c.execute("BEGIN IMMEDIATE")
         try:
-            c.executemany(_INSERT_RECEIPT, self._served)  # (in order: a receipt after its charge)
+            # A receipt replaces its call's charge: only the newest row of each call.
+            rows = {(row[0], row[1], row[2]): row for row in self._served}
+            c.executemany(_INSERT_RECEIPT, rows.values())
             c.execute("COMMIT")
         except BaseException:
             if c.in_transaction:

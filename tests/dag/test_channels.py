@@ -3,6 +3,7 @@ from typing import Any
 
 import pytest
 
+from dag import channels
 from dag.channels import (
     MAX_IOU_BYTES,
     ChannelClose,
@@ -16,7 +17,7 @@ from dag.channels import (
     open_payload,
     settle_payload,
 )
-from dag.codec import encode
+from dag.codec import decode, encode
 from dag.crypto import Scheme, SigningKey
 from dag.errors import DecodeError, InvalidSignature, InvalidTransaction, LocalProtocolError
 from dag.kinds import default_registry
@@ -361,3 +362,27 @@ def _iou_fields(**changes: Any) -> list[Any]:
 def test_a_malformed_iou_is_a_remote_protocol_error(data: bytes, error: type[Exception]) -> None:
     with pytest.raises(error):
         Iou.from_bytes(data)
+
+
+def test_the_fast_iou_parse_takes_exactly_what_the_checks_one_by_one_take() -> None:
+    # `Iou.from_bytes` tries plain type tests first; every byte string it takes that way
+    # must be one the field-by-field checks take too, as the same IOU.
+    good = Iou.create(SigningKey(Scheme.ED25519, bytes(32)), bytes(32), 5, 7).to_bytes()
+    rng = random.Random(3)
+    variants = [good, good[:-1], good + b"\x00"]
+    variants += [good[:i] + bytes([rng.randrange(256)]) + good[i + 1 :] for i in range(len(good))]
+    variants += [good[:i] + bytes([b]) + good[i + 1 :] for i in range(12) for b in (0, 1, 0xC3)]
+    taken = 0
+    for data in variants:
+        fast = channels._well_formed(data)
+        try:
+            slow = Iou.from_fields(decode(data, max_bytes=MAX_IOU_BYTES, what="IOU"))
+            canonical = encode(slow.to_fields()) == data
+        except (DecodeError, InvalidSignature):
+            slow, canonical = None, False
+        if fast is not None:
+            taken += 1
+            assert canonical and fast == slow, data.hex()
+        elif canonical:
+            assert slow is not None and Iou.from_bytes(data) == slow
+    assert taken > 3  # (the good one, and bytes of the channel id or signature changed)

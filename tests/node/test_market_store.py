@@ -3,18 +3,47 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from dag.codec import encode
 from node.market_store import _SELECT, ChannelRow, MarketStore, MarketStoreError
 from protocols import market_wire as mw
 
 CHANNEL = bytes(range(32))
 
 
+def mw_body(receipt: mw.Receipt) -> bytes:
+    return encode(receipt.to_wire())
+
+
 def receipt(seq: int) -> mw.Receipt:
     return mw.Receipt(CHANNEL, seq, "e" * 64, b"r" * 32, b"o" * 32, 1, 1, 10, 20, 20 * seq, b"s")
+
+
+def test_a_charge_is_kept_until_its_receipt_replaces_it_across_a_kill(tmp_path: Path) -> None:
+    path = tmp_path / "market.sqlite"
+    charge = replace(receipt(1), request_hash=b"", output_hash=b"", signature=b"")
+
+    def bodies(store: MarketStore) -> list[tuple[int, int]]:
+        store.flush()
+        rows = store._conn.execute("SELECT seq, length(body) FROM receipts ORDER BY seq")
+        return rows.fetchall()
+
+    store = MarketStore.open(path)
+    store.record_charge("peer", b"c" * 32, charge, b"iou")
+    store.record_charge("peer", b"c" * 32, replace(charge, seq=2), None)
+    store.record_served("peer", b"c" * 32, receipt(1), b"iou")  # signed after the answer
+    # A kill -9 now: the journal holds both charges and the one receipt, in that order.
+    again = MarketStore.open(path)
+    assert bodies(again) == [(1, len(mw_body(receipt(1)))), (2, 0)]  # seq 2's never signed
+    assert again.tokens_today("provider") == 4  # both charges count
+    store.record_served("peer", b"c" * 32, receipt(2), None)  # (the first store, still open)
+    assert bodies(store) == [(1, len(mw_body(receipt(1)))), (2, len(mw_body(receipt(2))))]
+    store.close()
+    again.close()
 
 
 def test_answers_never_checkpoint_and_the_keepers_checkpoint_keeps_everything(
