@@ -6,10 +6,11 @@ has applied for us: its deposit must sit in the channel's lock on our own ledger
 newest IOU: before the channel's expiry, after it sat idle (when configured), or on request.
 
 As a client it is the `Payer` of `protocols.inference`: a call to a provider that charges
-gets a quote (kept while it holds), a channel (opened on the DAG the first time, or when the
-old one cannot pay, then registered with the provider), a reservation and an IOU; the receipt
-of the answer is checked and kept. After a channel's expiry, the client takes the deposit
-back with `channel_close` unless the provider settled first.
+gets a quote (kept while it holds), a channel (opened on the DAG the first time, then
+registered with the provider; the next one is opened ahead once the channel's room falls
+below `REFILL_AT` of its deposit, so calls go on without waiting for the DAG), a reservation
+and an IOU; the receipt of the answer is checked and kept. After a channel's expiry, the
+client takes the deposit back with `channel_close` unless the provider settled first.
 
 Every channel row is stored before the transaction that funds it is queued (the IOU key
 first), so a kill -9 loses no deposit: the keeper finds the row after a restart and ends it.
@@ -48,6 +49,8 @@ REGISTER_WAIT_S = 10.0  # how long a provider waits for its ledger to apply a ch
 ASK_TIMEOUT_S = 10.0
 CHECK_WINDOW_S = 0.05  # how long answered receipts gather before one check and commit
 QUOTE_SLACK_MS = 1_000  # ask again this long before a quote lapses
+REFILL_AT = 0.2  # the next channel is opened once a channel's room is below this share
+AHEAD_BACKOFF_S = 10.0  # after a failed opening ahead, the next try waits this long
 _LOST = ("failed", "rejected")  # a channel end that did not happen: try again
 
 
@@ -103,6 +106,7 @@ class Market:
         self.account = dag.key.account_id
         self._quotes: dict[str, _Quoted] = {}
         self._opening: dict[bytes, _Opening] = {}  # by provider account
+        self._ahead_after: dict[bytes, int] = {}  # no opening ahead before (after a failure)
         self._unchecked = trio.Event()
         self._came = trio.Event()  # receipts came (for `check_receipts` with a wait)
         self._arrived: list[tuple[str, list[Any]]] = []  # receipts as they came, not read
@@ -223,12 +227,23 @@ class Market:
         if channel is not None and self._usable(channel.terms):
             ticket = self.purse.reserve(channel, provider, request, price)
             if ticket is not None:
+                if channel.room_milli() < channel.terms.deposit * 1000 * REFILL_AT:
+                    self._open_ahead(provider, account, request, price)
                 return ticket
         channel = await self._opened(provider, account, request, price)
         ticket = self.purse.reserve(channel, provider, request, price)
         if ticket is None:
             raise ChannelFailed("a new channel cannot pay for the call")
         return ticket
+
+    def _open_ahead(self, provider: str, account: bytes, request: wire.Request, price: int) -> None:
+        """The channel is nearly used up: open the next one now, so that no call waits for
+        it (unless one is opening, or the last try failed a moment ago)."""
+        if account in self._opening or self._now_ms() < self._ahead_after.get(account, 0):
+            return
+        assert self._nursery is not None
+        opening = self._opening[account] = _Opening()
+        self._nursery.start_soon(self._open_task, opening, provider, account, request, price)
 
     async def _opened(
         self, provider: str, account: bytes, request: wire.Request, price: int
@@ -259,6 +274,7 @@ class Market:
         except SwarmError as exc:
             log.warning("cannot open a channel to %s: %s", provider[-8:], exc)
             opening.error = str(exc)
+            self._ahead_after[account] = self._now_ms() + int(AHEAD_BACKOFF_S * 1000)
         finally:
             del self._opening[account]
             opening.done.set()

@@ -180,6 +180,33 @@ async def _balance_of(node: Node, account: bytes, expected: dict[str, int]) -> b
     return (await totals(node))[account.hex()] == expected[account.hex()]
 
 
+async def test_the_next_channel_is_opened_before_the_old_one_is_used_up(tmp_path: Path) -> None:
+    clock = Clock()
+    with trio.fail_after(60):
+        # 2 credits (a channel holds at least two calls' largest cost): 100 calls of 0.02
+        async with market_swarm(tmp_path, clock, deposit=1) as nodes:
+            provider, client, _ = nodes
+            rows = np.ones((1, 64), np.float32)
+            account = provider.keys.account.account_id
+            market = client.market
+            old = None
+            for _ in range(95):
+                await client.experts.inference.tensor(ffn_of(provider), rows, remote_only=True)
+                old = old or market.purse.channel(account)
+                if account in market._opening:
+                    break  # room under a fifth of the deposit: the next one is opening
+            assert old is not None and account in market._opening
+            opening = market._opening[account]
+            assert old.terms.deposit == 2 and old.room_milli() > 10 * 2 * PRICE  # calls to go
+            await opening.done.wait()
+            fresh = market.purse.channel(account)
+            assert fresh is not None and fresh.id != old.id and old.room_milli() > 0
+            answer = await client.experts.inference.tensor(ffn_of(provider), rows)
+            assert answer.cost_milli == 2 * PRICE and fresh.owed_milli == 2 * PRICE
+            assert provider.market.till.state(fresh.id) is not None  # registered, served
+            assert len(market.store.channels(role="client", state="open")) == 2
+
+
 async def test_a_free_provider_is_called_without_a_channel(tmp_path: Path) -> None:
     clock = Clock()
     with trio.fail_after(60):
