@@ -129,6 +129,7 @@ class Market:
         finally:
             # A clean stop keeps the receipts of the last answers (the checker's batch in
             # flight, if any, was kept before its task ended).
+            self._match_arrived()
             self._report(self.purse.check())
 
     # -- provider: the desk ---------------------------------------------------------------
@@ -299,7 +300,8 @@ class Market:
         calls' path, in batches (`_checker`)."""
         self._arrived.append((provider, items))
         self._unchecked.set()
-        self._came.set()
+        self._came.set()  # (wakes who waits on this one; later waits take the next)
+        self._came = trio.Event()
 
     def _match_arrived(self) -> None:
         arrived, self._arrived = self._arrived, []
@@ -331,7 +333,6 @@ class Market:
         with trio.move_on_after(wait_s):
             self._match_arrived()
             while self.purse.awaiting():
-                self._came = trio.Event()
                 await self._came.wait()
                 self._match_arrived()
         self._match_arrived()

@@ -19,7 +19,8 @@ from dag.crypto import Scheme
 from dag.errors import SwarmError
 from dag.kinds import default_registry
 from dag.tx import Transaction
-from node.daemon import Node
+from node.daemon import MARKET_STORE, Node
+from node.market_store import MarketStore
 from protocols import ids
 from protocols import infer_wire as wire
 from protocols import market_wire as mw
@@ -205,6 +206,23 @@ async def test_the_next_channel_is_opened_before_the_old_one_is_used_up(tmp_path
             assert answer.cost_milli == 2 * PRICE and fresh.owed_milli == 2 * PRICE
             assert provider.market.till.state(fresh.id) is not None  # registered, served
             assert len(market.store.channels(role="client", state="open")) == 2
+
+
+async def test_a_client_that_stops_keeps_the_receipts_that_came(tmp_path: Path) -> None:
+    clock = Clock()
+    with trio.fail_after(60):
+        async with market_swarm(tmp_path, clock) as nodes:
+            provider, client, _ = nodes
+            rows = np.ones((1, 64), np.float32)
+            await client.experts.inference.tensor(ffn_of(provider), rows, remote_only=True)
+            await client.market.check_receipts(wait_s=10)  # the first call's, kept
+            came = client.market._came  # set when the next receipts come
+            await client.experts.inference.tensor(ffn_of(provider), rows, remote_only=True)
+            await came.wait()  # the second call's receipt came: stop before the checker runs
+            data_dir = client.config.data_dir
+    store = MarketStore.open(data_dir / MARKET_STORE)
+    assert [r["seq"] for r in store.receipts("client")] == [2, 1]
+    store.close()
 
 
 async def test_a_free_provider_is_called_without_a_channel(tmp_path: Path) -> None:
