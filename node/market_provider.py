@@ -208,15 +208,16 @@ class Till:
             raise ChannelRefused("the channel belongs to another account")
         if iou.seq <= channel.seq:
             raise ChannelRefused(f"replayed IOU: seq {iou.seq} is not above {channel.seq}")
-        if self._now_ms() >= terms.expiry_ms - self._margin_ms:
+        now = self._now_ms()
+        if now >= terms.expiry_ms - self._margin_ms:
             raise ChannelRefused("the channel is about to expire: open another")
         max_tokens = mw.max_tokens(request)
         if max_tokens > self.policy.max_tokens_per_request:
             raise PaymentRefused(
                 f"{max_tokens} tokens is over the cap of {self.policy.max_tokens_per_request}"
             )
-        self._limit_day(terms.client, max_tokens)
-        price = self._price_for(channel, request.expert)
+        self._limit_day(terms.client, max_tokens, now)
+        price = self._price_for(channel, request.expert, now)
         max_cost = mw.cost_milli(max_tokens, price)
         owed = channel.charged_milli + channel.reserved_milli + max_cost
         check_now = channel.paid_milli < owed  # else a checked IOU pays for this call already
@@ -295,17 +296,17 @@ class Till:
         assert isinstance(ticket, Ticket)
         ticket.channel.reserved_milli -= ticket.max_cost_milli
 
-    def _price_for(self, channel: _Open, expert: str) -> int:
+    def _price_for(self, channel: _Open, expert: str, now: int) -> int:
         price = self.price(expert)
         if price is None:
             raise PaymentRefused(f"this node hosts no expert {expert[:16]}")
         quoted = channel.quotes.get(expert)
-        if quoted is not None and quoted[1] >= self._now_ms():
+        if quoted is not None and quoted[1] >= now:
             price = min(price, quoted[0])
         return price
 
-    def _limit_day(self, client: bytes, tokens: int) -> None:
-        day = self._now_ms() // 86_400_000
+    def _limit_day(self, client: bytes, tokens: int, now: int) -> None:
+        day = now // 86_400_000
         if day != self._day:
             self._day, self._served_today = day, 0
             self._client_today.clear()
