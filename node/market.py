@@ -33,7 +33,7 @@ from dag.tx import Transaction
 from node.config import MarketConfig
 from node.market_client import ClientChannel, Paid, PayTicket, Purse, new_channel_row
 from node.market_provider import Till
-from node.market_store import ChannelRow, MarketStore
+from node.market_store import ChannelRow, MarketStore, MarketStoreError
 from protocols import ids, market_peer
 from protocols import infer_wire as wire
 from protocols import market_wire as mw
@@ -48,6 +48,7 @@ APPLY_TIMEOUT_S = 30.0  # a channel open not applied in this long is given up (f
 REGISTER_WAIT_S = 10.0  # how long a provider waits for its ledger to apply a channel's open
 ASK_TIMEOUT_S = 10.0
 CHECK_WINDOW_S = 0.05  # how long answered receipts gather before one check and commit
+FLUSH_RETRY_S = 1.0  # a flush of served rows that failed (a full disk) is tried again after
 QUOTE_SLACK_MS = 1_000  # ask again this long before a quote lapses
 REFILL_AT = 0.2  # the next channel is opened once a channel's room is below this share
 AHEAD_BACKOFF_S = 10.0  # after a failed opening ahead, the next try waits this long
@@ -325,7 +326,13 @@ class Market:
             self.store.on_served = served.set
             await served.wait()
             await trio.sleep(CHECK_WINDOW_S)  # deliberate: one transaction for many answers
-            self.store.flush()
+            while True:
+                try:
+                    self.store.flush()
+                    break
+                except MarketStoreError as exc:
+                    log.error("%s (the answers stay journaled; trying again)", exc)
+                    await trio.sleep(FLUSH_RETRY_S)
 
     async def check_receipts(self, wait_s: float = 0.0) -> None:
         """Check and keep every receipt queued so far (what `_checker` does each window);

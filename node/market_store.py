@@ -283,16 +283,20 @@ class MarketStore:
         if not self._served:
             return
         c = self._conn
-        c.execute("BEGIN IMMEDIATE")
         try:
-            # A receipt replaces its call's charge: only the newest row of each call.
-            rows = {(row[0], row[1], row[2]): row for row in self._served}
-            c.executemany(_INSERT_RECEIPT, rows.values())
-            c.execute("COMMIT")
-        except BaseException:
-            if c.in_transaction:
-                c.execute("ROLLBACK")
-            raise
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                # A receipt replaces its call's charge: only the newest row of each call.
+                rows = {(row[0], row[1], row[2]): row for row in self._served}
+                c.executemany(_INSERT_RECEIPT, rows.values())
+                c.execute("COMMIT")
+            except BaseException:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            # The rows stay journaled and queued: the next flush writes them.
+            raise MarketStoreError(f"market store {self.path}: cannot write: {exc}") from None
         self._served = []
         self._journal.clear()
 

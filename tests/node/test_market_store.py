@@ -157,3 +157,33 @@ def test_days_are_told_by_the_nodes_clock(tmp_path: Path) -> None:
     now[0] += 86_400_000  # the next day: the day limits start again
     assert store.tokens_today("provider") == 0
     store.close()
+
+
+class _FullDisk:
+    """A connection whose writes fail as on a full disk (reads pass through)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def executemany(self, *args: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.conn, name)
+
+
+def test_a_flush_that_cannot_write_keeps_the_rows_for_the_next(tmp_path: Path) -> None:
+    path = tmp_path / "market.sqlite"
+    store = MarketStore.open(path)
+    store.record_served("peer", b"c" * 32, receipt(1), b"iou")
+    conn = store._conn
+    store._conn = _FullDisk(conn)  # type: ignore[assignment]
+    with pytest.raises(MarketStoreError, match="disk is full"):
+        store.flush()
+    assert not conn.in_transaction  # rolled back
+    assert path.with_name("market.sqlite.served").stat().st_size > 0  # still journaled
+    store._conn = conn
+    store.flush()
+    assert [r["seq"] for r in store.receipts("provider")] == [1]
+    assert path.with_name("market.sqlite.served").stat().st_size == 0
+    store.close()
