@@ -182,7 +182,8 @@ class Purse:
 
     def receipts(self, provider: str, items: list[Any]) -> int:
         """Receipts `provider` sent for its answers: queued for `check`, each with its answer
-        (a receipt for no answer we wait for is dropped). Returns how many were queued."""
+        (one whose answer is not counted yet waits for `record`, up to `RECEIPT_GIVE_UP_S`).
+        Returns how many were queued."""
         queued = 0
         for item in items:
             try:
