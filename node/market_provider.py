@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from dag.channels import ChannelTerms, Iou
 from dag.errors import RemoteProtocolError
@@ -56,6 +56,20 @@ class _Open:
     quotes: dict[str, tuple[int, int]] = field(default_factory=dict)  # expert: (price, until)
 
 
+class Charge(NamedTuple):
+    """What a call was charged: a receipt's fields but the hashes and the signature (a
+    tuple: built on the call's path, where a frozen dataclass costs several times more)."""
+
+    channel_id: bytes
+    seq: int
+    expert: str
+    tokens_in: int
+    tokens_out: int
+    price_per_1k: int
+    cost_milli: int
+    charged_milli: int
+
+
 @dataclass(slots=True)
 class Ticket:
     channel: _Open
@@ -65,7 +79,7 @@ class Ticket:
     max_cost_milli: int
     max_tokens: int
     checked: bool  # the IOU's signature was checked (else `answered` checks it)
-    charge: mw.Receipt | None = None  # what `charge` counted: the receipt, not yet signed
+    charge: Charge | None = None  # what `charge` counted
 
 
 class Till:
@@ -243,12 +257,10 @@ class Till:
         channel.reserved_milli -= ticket.max_cost_milli
         channel.charged_milli += cost
         channel.last_ms = self._now_ms()
-        charge = mw.Receipt(
+        charge = Charge(
             channel.row.id,
             ticket.iou.seq,
             request.expert,
-            b"",
-            b"",
             result.tokens_in,
             result.tokens_out,
             ticket.price,
@@ -284,10 +296,19 @@ class Till:
                 channel.refused = f"an IOU of this channel failed its check: {exc}"
             else:
                 channel.paid_milli = max(channel.paid_milli, iou.cumulative * 1000)
-        fields = replace(
-            charge, request_hash=mw.request_digest(request), output_hash=mw.output_digest(result)
+        fields = mw.Receipt(
+            charge.channel_id,
+            charge.seq,
+            charge.expert,
+            mw.request_digest(request),
+            mw.output_digest(result),
+            charge.tokens_in,
+            charge.tokens_out,
+            charge.price_per_1k,
+            charge.cost_milli,
+            charge.charged_milli,
         )
-        signed = replace(fields, signature=self._sign(fields.message()))
+        signed = fields.signed(self._sign(fields.message()))
         stored = ticket.iou_bytes if checked else None
         self.store.record_served(channel.row.peer, channel.terms.client, signed, stored)
         return signed.to_wire()

@@ -256,9 +256,10 @@ class MarketStore:
     def record_charge(self, peer: str, client: bytes, charge: Any, iou: bytes | None) -> None:
         """A provider's charged call, journaled before its answer goes out: a receipts row
         with what settlement needs (the counts, and the IOU when it was checked before the
-        answer) and no signed receipt yet (`charge`: a `Receipt` without hashes nor
-        signature). `record_served` replaces it once the receipt is signed; a crash in
-        between leaves it, with an empty body: the charge stands, the receipt was never sent."""
+        answer) and no signed receipt yet (`charge`: a receipt's fields but the hashes and
+        the signature, `node.market_provider.Charge`). `record_served` replaces it once the
+        receipt is signed; a crash in between leaves it, with an empty body: the charge
+        stands, the receipt was never sent."""
         row = _receipt_row("provider", peer, client, charge, "", iou, b"", self._now_ms())
         self._journaled_row(row)
 
