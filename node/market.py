@@ -472,7 +472,11 @@ class Market:
 
     async def keep(self) -> None:
         """One sweep: settle what is due, drop lapsed channels, close our expired ones, and
-        mark ended every channel whose lock is empty."""
+        mark ended every channel whose lock is empty; queue for the checker the answers
+        whose receipts never came."""
+        self.purse.awaiting()
+        if self.purse.queued:
+            self._unchecked.set()
         await self.settle(every=False)
         for channel in self.till.lapsed():
             self.till.take(channel.row.id)

@@ -33,7 +33,7 @@ from protocols import infer_wire as wire
 from protocols import market_wire as mw
 
 log = logging.getLogger("swarm.market")
-RECEIPT_GIVE_UP_S = 60.0  # an answer whose receipt has not come by then is not waited for
+RECEIPT_GIVE_UP_S = 60.0  # an answer whose receipt has not come by then is kept without one
 
 
 @dataclass
@@ -216,15 +216,32 @@ class Purse:
         return bool(self._unchecked)
 
     def awaiting(self) -> int:
-        """Answers whose receipts have not come (forgetting those given up on)."""
+        """Answers whose receipts have not come; those waiting longer than
+        `RECEIPT_GIVE_UP_S` are queued for `check` without one (kept disputed)."""
         late = time.monotonic() - RECEIPT_GIVE_UP_S
         for key, (_, _, came) in list(self._early.items()):
             if came < late:
                 del self._early[key]  # the answer to a call that gave up
         for key, entry in list(self._awaiting.items()):
             if entry[5] < late:
+                # Kept as an answer without a receipt: paid by our count, marked disputed.
                 del self._awaiting[key]
-                provider = entry[0].provider[-8:]
+                ticket, result, tokens, ours, owed, _ = entry
+                tokens_in, tokens_out = _our_counts(ticket.request, result)
+                none = mw.Receipt(
+                    key[0],
+                    key[1],
+                    ticket.request.expert,
+                    b"",
+                    b"",
+                    tokens_in,
+                    tokens_out,
+                    ticket.price,
+                    ours,
+                    owed,
+                )  # (no signature: `_dispute` tells it from a real one, which has 64 bytes)
+                self._unchecked.append((ticket, result, none, tokens, ours, owed))
+                provider = ticket.provider[-8:]
                 log.warning("no receipt came from %s for the answer of IOU %d", provider, key[1])
         return len(self._awaiting)
 
@@ -264,6 +281,8 @@ class Purse:
         tokens: int,
         ours: int,
     ) -> str:
+        if not receipt.signature:
+            return f"no receipt came within {RECEIPT_GIVE_UP_S:.0f} s"
         host_key = self._host_key_of(ticket.provider)
         try:
             if host_key is None:
@@ -283,6 +302,17 @@ class Purse:
                 f"({receipt.tokens_in}+{receipt.tokens_out} tokens), we count {ours / 1000:.3f}"
             )
         return ""
+
+
+def _our_counts(
+    request: wire.Request, result: wire.TextResult | wire.ArrayResult
+) -> tuple[int, int]:
+    """(tokens in, tokens out) as the client counts them."""
+    if isinstance(request, wire.TensorRequest):
+        assert isinstance(result, wire.ArrayResult)
+        return request.rows, result.rows
+    assert isinstance(result, wire.TextResult)
+    return count_tokens(request.prompt), count_tokens(result.text)
 
 
 def _our_count(request: wire.Request, result: wire.TextResult | wire.ArrayResult) -> int:

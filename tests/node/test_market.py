@@ -17,6 +17,7 @@ from dag.channels import ChannelTerms, Iou, open_payload, settle_payload
 from dag.crypto import Scheme, SigningKey
 from dag.kinds import default_registry
 from dag.ledger import Ledger
+from node import market_client
 from node.config import MarketConfig
 from node.market_client import Paid, Purse, new_channel_row
 from node.market_provider import Ticket, Till
@@ -430,6 +431,28 @@ def test_a_receipt_that_comes_before_its_answer_is_counted_is_kept_for_it(
     (paid,) = purse.check()
     assert paid.receipt.seq == 2 and purse.awaiting() == 0
     assert [r["seq"] for r in purse.store.receipts("client")] == [2, 1]
+
+
+def test_an_answer_whose_receipt_never_comes_is_kept_disputed_at_our_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    market = Market(tmp_path)
+    purse = market.purse
+    ticket = purse.reserve(market.channel, "provider", _request(1, rows=2), PRICE)
+    assert ticket is not None
+    purse.sign(ticket)
+    result = wire.ArrayResult(1, FFN.expert_id, 2, 64, bytes(512), 2, 2, 5)
+    assert purse.record(ticket, result) == 4 * PRICE
+    assert purse.awaiting() == 1 and purse.check() == []  # still waiting for it
+    monkeypatch.setattr(market_client, "RECEIPT_GIVE_UP_S", -1.0)  # (as if 60 s went by)
+    assert purse.awaiting() == 0
+    (paid,) = purse.check()
+    assert paid.disputed.startswith("no receipt came") and paid.cost_milli == 4 * PRICE
+    (kept,) = purse.store.receipts("client")
+    assert kept["disputed"] == paid.disputed
+    assert (kept["seq"], kept["tokens_in"], kept["tokens_out"]) == (1, 2, 2)
+    (used,) = purse.store.usage()
+    assert (used["calls"], used["credits"]) == (1, 4 * PRICE / 1000)
 
 
 async def test_a_receipt_claiming_more_tokens_is_disputed_and_not_paid(tmp_path: Path) -> None:
