@@ -240,7 +240,7 @@ class Purse:
                     ours,
                     owed,
                 )  # (no signature: `_dispute` tells it from a real one, which has 64 bytes)
-                self._unchecked.append((ticket, result, none, tokens, ours, owed))
+                self._queue(entry, none)
                 provider = ticket.provider[-8:]
                 log.warning("no receipt came from %s for the answer of IOU %d", provider, key[1])
         return len(self._awaiting)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from dag.channels import ChannelTerms, Iou
@@ -308,7 +308,7 @@ class Till:
             charge.cost_milli,
             charge.charged_milli,
         )
-        signed = fields.signed(self._sign(fields.message()))
+        signed = replace(fields, signature=self._sign(fields.message()))
         stored = ticket.iou_bytes if checked else None
         self.store.record_served(channel.row.peer, channel.terms.client, signed, stored)
         return signed.to_wire()

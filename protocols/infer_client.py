@@ -145,7 +145,7 @@ class InferChannel:
                     if not pending.settled:
                         pending.wake = trio.Event()  # woken to read next
                 else:
-                    await self._read(line, lambda: pending.settled, pending)
+                    await self._read(line, pending)
         except NetworkError:
             self._drop(line)
             raise
@@ -161,15 +161,14 @@ class InferChannel:
             raise RemoteProtocolError("answer names another expert than the call", peer=self.peer)
         return result
 
-    async def _read(
-        self, line: _Line, done: Callable[[], bool], mine: _Pending | None = None
-    ) -> None:
-        """Read answers and receipts, giving each answer to its call, until `done()` (`mine`
-        is settled); then (or when cancelled) pass the reading to another call still
-        waiting, or, with receipts owed and none waiting, to `_drain`."""
+    async def _read(self, line: _Line, mine: _Pending | None = None) -> None:
+        """Read answers and receipts, giving each answer to its call, until `mine` is
+        settled (for `_drain`, `mine` None: until no receipt is owed or a call waits); then
+        (or when cancelled) pass the reading to another call still waiting, or, with
+        receipts owed and none waiting, to `_drain`."""
         line.reading = True
         try:
-            while not done():
+            while not (mine.settled if mine is not None else not line.owed or line.waiting()):
                 body = await line.framed.receive()
                 if body is None:
                     raise NetworkError("provider closed the stream", peer=self.peer)
@@ -209,7 +208,7 @@ class InferChannel:
                 if line.reading or line.waiting() or not line.owed:
                     continue
                 with trio.move_on_after(RECEIPT_TIMEOUT_S) as scope:
-                    await self._read(line, lambda: not line.owed or line.waiting())
+                    await self._read(line)
                 if scope.cancelled_caught:
                     log.warning("%d receipts from %s did not come", line.owed, self.peer[-8:])
                     line.owed = 0

@@ -135,22 +135,6 @@ class Receipt:
     def to_wire(self) -> list[Any]:
         return [*self._fields(), self.signature]
 
-    def signed(self, signature: bytes) -> Receipt:
-        """This receipt with `signature` (cheaper than `dataclasses.replace`)."""
-        return Receipt(
-            self.channel_id,
-            self.seq,
-            self.expert,
-            self.request_hash,
-            self.output_hash,
-            self.tokens_in,
-            self.tokens_out,
-            self.price_per_1k,
-            self.cost_milli,
-            self.charged_milli,
-            signature,
-        )
-
     def verify(self, host_public_key: bytes) -> None:
         """Raise `InvalidSignature` unless the provider's host key signed this receipt."""
         PublicKey(Scheme.ED25519, host_public_key).verify(
