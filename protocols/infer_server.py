@@ -11,9 +11,10 @@ answered by the task that read it, with no task spawned for it.
 A node that serves for pay has a `PaymentGate`: each request is admitted (its IOU checked
 against the channel and the call's largest cost) in the order it came off the stream, before
 any work; the answer is charged (the charge stored) before it is sent; after it has gone,
-the gate signs its receipt (`answered`). A receipt rides on the stream's next answer, or, if
-none follows within `RECEIPT_DELAY_S`, goes in a frame of its own: signing and sending it
-costs the call nothing.
+the gate signs its receipt (`answered`). The receipt goes at once in a frame of its own when
+no other call on the stream is open, else rides on the stream's next answer (or goes alone
+if none follows within `RECEIPT_DELAY_S`): signing and sending it costs the call nothing, and
+under load the receipts cost no frames of their own.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class _Outlet:
         self._nursery = nursery
         self._lock = QuickLock()  # taken at once when free: once per answer
         self._receipts: list[list[Any]] = []  # signed, not sent yet
+        self.open = 0  # calls read from the stream and not answered yet
         self._flushing = False
 
     async def answer(self, result: wire.Result) -> None:
@@ -117,9 +119,15 @@ class _Outlet:
             return self._receipts, []
         return self._receipts[: wire.MAX_RECEIPTS], self._receipts[wire.MAX_RECEIPTS :]
 
-    def receipt(self, receipt: list[Any]) -> None:
+    async def receipt(self, receipt: list[Any]) -> None:
+        """Send `receipt` at once if the stream is idle (no call on it is open or read: no
+        answer would carry it soon, and the client reads it while it waits for its next
+        answer, off that call's path), else let the next answer carry it, or a frame of its
+        own after `RECEIPT_DELAY_S`."""
         self._receipts.append(receipt)
-        if not self._flushing:
+        if not self.open and not self._framed.buffered and not self._lock.locked():
+            await self._send_receipts()
+        elif not self._flushing:
             self._flushing = True
             self._nursery.start_soon(self._flush)
 
@@ -127,6 +135,12 @@ class _Outlet:
         """Send the receipts no answer has carried within `RECEIPT_DELAY_S`."""
         try:
             await trio.sleep(RECEIPT_DELAY_S)  # deliberate: the next answer may carry them
+            await self._send_receipts()
+        finally:
+            self._flushing = False
+
+    async def _send_receipts(self) -> None:
+        try:
             async with self._lock:
                 while self._receipts:
                     receipts, self._receipts = self._take()
@@ -134,8 +148,6 @@ class _Outlet:
                     await self._framed.send(body)
         except (NetworkError, PeerTimeout) as exc:
             log.debug("could not send receipts: %s", exc)  # (each is stored: the provider's)
-        finally:
-            self._flushing = False
 
 
 class CallError(SwarmError):
@@ -316,6 +328,7 @@ class ExpertHost:
                     continue
                 self._inflight[peer] += 1
                 self._arrived[request.expert] += 1
+                outlet.open += 1
                 if not framed.buffered and self._runs_inline(request):
                     # Nothing else has come in, and the pass is small: answering here costs
                     # no task and no trip through the scheduler (a spawn costs about as much
@@ -372,9 +385,11 @@ class ExpertHost:
             await outlet.answer(result)
         except (NetworkError, PeerTimeout) as exc:
             log.debug("could not answer %s: %s", peer, exc)
+        finally:
+            outlet.open -= 1
         if charged:
             assert self.gate is not None
-            outlet.receipt(self.gate.answered(ticket, request, result))
+            await outlet.receipt(self.gate.answered(ticket, request, result))
 
     async def call(self, request: wire.Request, *, alone: bool = False) -> wire.Result:
         """Run one request against a hosted expert (also used for local calls); `alone`:
