@@ -169,7 +169,7 @@ class Purse:
         say) and wait for its receipt. The reservation is released."""
         channel = ticket.channel
         channel.reserved_milli -= ticket.max_cost_milli
-        tokens = _our_count(ticket.request, result)
+        tokens = sum(_our_counts(ticket.request, result))
         ours = mw.cost_milli(tokens, ticket.price)
         channel.owed_milli += ours
         entry = (ticket, result, tokens, ours, channel.owed_milli, time.monotonic())
@@ -307,21 +307,12 @@ class Purse:
 def _our_counts(
     request: wire.Request, result: wire.TextResult | wire.ArrayResult
 ) -> tuple[int, int]:
-    """(tokens in, tokens out) as the client counts them."""
+    """(tokens in, tokens out) as the client counts them, the same way the provider must."""
     if isinstance(request, wire.TensorRequest):
         assert isinstance(result, wire.ArrayResult)
         return request.rows, result.rows
     assert isinstance(result, wire.TextResult)
     return count_tokens(request.prompt), count_tokens(result.text)
-
-
-def _our_count(request: wire.Request, result: wire.TextResult | wire.ArrayResult) -> int:
-    """Tokens as the client counts them, the same way the provider must."""
-    if isinstance(request, wire.TensorRequest):
-        assert isinstance(result, wire.ArrayResult)
-        return request.rows + result.rows
-    assert isinstance(result, wire.TextResult)
-    return count_tokens(request.prompt) + count_tokens(result.text)
 
 
 def new_channel_row(
