@@ -16,9 +16,10 @@ sent, and the provider settles with it, claiming only what it charged.
 
 The IOU's signature is checked before the answer unless the newest IOU already checked pays
 for the call (IOUs name whole credits, so one usually covers many small calls): then the
-call risks nothing, and `answered` checks the signature after the answer has gone out, off
-the call's path, if the IOU pays more than the checked one (else it adds nothing, and is
-dropped unchecked). Only a checked IOU is stored (the provider settles with the newest
+call risks nothing: the IOU is only unpacked for its channel, amount and seq, and
+`answered` checks it whole (encoding and signature) after the answer has gone out, off the
+call's path, if it pays more than the checked one (else it adds nothing, and is dropped
+unchecked). Only a checked IOU is stored (the provider settles with the newest
 stored one); an IOU that fails the late check ends the channel's service, and the provider
 settles with the last good one, which pays for everything it answered.
 """
@@ -30,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
-from dag.channels import ChannelTerms, Iou
+from dag.channels import ChannelTerms, Iou, iou_head
 from dag.errors import RemoteProtocolError
 from node.config import MarketConfig
 from node.market_store import ChannelRow, MarketStore
@@ -54,6 +55,7 @@ class _Open:
     paid_milli: int = 0  # what the newest IOU with a checked signature pays for
     refused: str = ""  # why no more calls are served on it (an IOU failed its late check)
     quotes: dict[str, tuple[int, int]] = field(default_factory=dict)  # expert: (price, until)
+    client_peer: str = ""  # the peer found to be the client's (its account looked up once)
 
 
 class Charge(NamedTuple):
@@ -73,8 +75,9 @@ class Charge(NamedTuple):
 @dataclass(slots=True)
 class Ticket:
     channel: _Open
-    iou: Iou
     iou_bytes: bytes
+    seq: int  # the IOU's
+    cumulative: int  # the IOU's
     price: int
     max_cost_milli: int
     max_tokens: int
@@ -208,20 +211,22 @@ class Till:
             return None
         if not self.policy.serve_paid:
             return None  # we serve for free; the IOU is not needed
-        try:
-            iou = Iou.from_bytes(request.pay)
-        except RemoteProtocolError as exc:
-            raise PaymentRefused(f"bad IOU: {exc}") from None
-        channel = self._open.get(iou.channel_id)
+        head = iou_head(request.pay)
+        if head is None:
+            raise PaymentRefused(f"bad IOU: {_why_bad(request.pay)}")
+        channel_id, cumulative, seq = head
+        channel = self._open.get(channel_id)
         if channel is None:
-            raise ChannelRefused(f"no open channel {iou.channel_id.hex()[:16]} here")
+            raise ChannelRefused(f"no open channel {channel_id.hex()[:16]} here")
         if channel.refused:
             raise ChannelRefused(channel.refused)
         terms = channel.terms
-        if self._account_of(peer) != terms.client:
-            raise ChannelRefused("the channel belongs to another account")
-        if iou.seq <= channel.seq:
-            raise ChannelRefused(f"replayed IOU: seq {iou.seq} is not above {channel.seq}")
+        if peer != channel.client_peer:
+            if self._account_of(peer) != terms.client:
+                raise ChannelRefused("the channel belongs to another account")
+            channel.client_peer = peer
+        if seq <= channel.seq:
+            raise ChannelRefused(f"replayed IOU: seq {seq} is not above {channel.seq}")
         now = self._now_ms()
         if now >= terms.expiry_ms - self._margin_ms:
             raise ChannelRefused("the channel is about to expire: open another")
@@ -234,20 +239,25 @@ class Till:
         price = self._price_for(channel, request.expert, now)
         max_cost = mw.cost_milli(max_tokens, price)
         owed = channel.charged_milli + channel.reserved_milli + max_cost
-        check_now = channel.paid_milli < owed  # else a checked IOU pays for this call already
-        try:
-            terms.check_iou(self.chain, iou, channel.row.id, signature=check_now)
-        except RemoteProtocolError as exc:
-            raise PaymentRefused(f"bad IOU: {exc}") from None
-        if iou.cumulative * 1000 < owed:
+        if cumulative > terms.deposit:
             raise PaymentRefused(
-                f"IOU of {iou.cumulative} credits does not cover {mw.credits_for(owed)}"
+                f"bad IOU: IOU of {cumulative} is above the channel deposit of {terms.deposit}"
             )
-        channel.seq = iou.seq
-        channel.reserved_milli += max_cost
+        check_now = channel.paid_milli < owed  # else a checked IOU pays for this call already
         if check_now:
-            channel.paid_milli = max(channel.paid_milli, iou.cumulative * 1000)
-        return Ticket(channel, iou, request.pay, price, max_cost, max_tokens, check_now)
+            try:
+                Iou.from_bytes(request.pay).verify(terms.iou_key)
+            except RemoteProtocolError as exc:
+                raise PaymentRefused(f"bad IOU: {exc}") from None
+        if cumulative * 1000 < owed:
+            raise PaymentRefused(
+                f"IOU of {cumulative} credits does not cover {mw.credits_for(owed)}"
+            )
+        if check_now:
+            channel.paid_milli = max(channel.paid_milli, cumulative * 1000)
+        channel.seq = seq
+        channel.reserved_milli += max_cost
+        return Ticket(channel, request.pay, seq, cumulative, price, max_cost, max_tokens, check_now)
 
     def charge(self, ticket: object, request: wire.Request, result: wire.Result) -> None:
         assert isinstance(ticket, Ticket) and not isinstance(result, wire.ErrorResult)
@@ -259,7 +269,7 @@ class Till:
         channel.last_ms = self._now_ms()
         charge = Charge(
             channel.row.id,
-            ticket.iou.seq,
+            ticket.seq,
             request.expert,
             result.tokens_in,
             result.tokens_out,
@@ -279,23 +289,23 @@ class Till:
         that fails ends the channel's service: the calls it came with were paid by an
         earlier IOU), sign the receipt and store it with the IOU."""
         assert isinstance(ticket, Ticket) and not isinstance(result, wire.ErrorResult)
-        channel, iou, charge = ticket.channel, ticket.iou, ticket.charge
+        channel, charge = ticket.channel, ticket.charge
         assert charge is not None
         checked = ticket.checked
-        if not checked and iou.cumulative * 1000 > channel.paid_milli:
+        if not checked and ticket.cumulative * 1000 > channel.paid_milli:
             # (One that pays no more than the newest checked IOU is not needed: not checked,
             # not stored. IOUs name whole credits, so most calls' IOUs are such.)
             try:
-                iou.verify(channel.terms.iou_key)
+                Iou.from_bytes(ticket.iou_bytes).verify(channel.terms.iou_key)
                 checked = True
             except RemoteProtocolError as exc:
                 if not channel.refused:
                     log.warning(
-                        "channel %s: bad IOU %d: %s", channel.row.id.hex()[:12], iou.seq, exc
+                        "channel %s: bad IOU %d: %s", channel.row.id.hex()[:12], ticket.seq, exc
                     )
                 channel.refused = f"an IOU of this channel failed its check: {exc}"
             else:
-                channel.paid_milli = max(channel.paid_milli, iou.cumulative * 1000)
+                channel.paid_milli = max(channel.paid_milli, ticket.cumulative * 1000)
         fields = mw.Receipt(
             charge.channel_id,
             charge.seq,
@@ -338,3 +348,12 @@ class Till:
             used = self._client_today[client] = self.store.tokens_today("provider", client)
         if used + tokens > self.policy.client_tokens_per_day:
             raise PaymentRefused("this client has used its tokens for the day here")
+
+
+def _why_bad(data: bytes) -> str:
+    """What is wrong with IOU bytes that `iou_head` refused."""
+    try:
+        Iou.from_bytes(data)
+    except RemoteProtocolError as exc:
+        return str(exc)
+    return "not an IOU"  # (unreachable: what `iou_head` refuses, `from_bytes` does too)

@@ -250,6 +250,7 @@ def _iou(market: Market, cumulative: int, seq: int, signer: SigningKey = IOU_KEY
         ("other_account", "another account"),
         ("unknown_channel", "no open channel"),
         ("garbage", "bad IOU"),
+        ("not_canonical", "canonical"),
         ("over_cap", "over the cap"),
     ],
 )
@@ -276,6 +277,9 @@ def test_the_till_refuses_bad_payments_and_charges_nothing(
         pay = Iou.create(IOU_KEY, b"\x01" * 32, 1, 1).to_bytes()
     elif case == "garbage":
         pay = b"\x93\x01\x02"
+    elif case == "not_canonical":
+        assert pay is not None and pay[1:11] == b"\xa9swarm/iou"  # the tag, as a fixstr
+        pay = pay[:1] + b"\xd9\x09" + pay[2:]  # the same tag as a str8: the same fields
     elif case == "over_cap":
         request = _request(1, rows=51)
     with pytest.raises(PaymentRefused, match=reason):
