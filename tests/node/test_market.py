@@ -29,6 +29,7 @@ from protocols.infer_client import CallFailed, InferChannel
 from protocols.infer_server import RECEIPT_DELAY_S, ChannelRefused, ExpertHost, PaymentRefused
 from protocols.stream import FramedStream, Stream, memory_stream_pair
 from tests.dag.helpers import GENESIS_MS, key, make_genesis, signed
+from tests.factory import kill_store
 
 FFN = experts.build_ffn(64, seed=1)
 CLIENT, PROVIDER, MALLORY, IOU_KEY = key(1), key(2), key(3), key(4)
@@ -355,6 +356,7 @@ def test_a_provider_restarted_before_a_late_check_keeps_the_earlier_iou(tmp_path
         if seq == 1:
             market.till.answered(ticket, request, result)
     # kill -9 here, before the second IOU's late check: a new till on the same files
+    kill_store(market.till.store)
     again = _till(tmp_path)
     row = again.store.channel(market.id)
     assert row is not None and row.iou == first and row.charged_milli == 2 * 2 * PRICE

@@ -11,12 +11,18 @@ import pytest
 from dag.codec import encode
 from node.market_store import _SELECT, ChannelRow, MarketStore, MarketStoreError
 from protocols import market_wire as mw
+from tests.factory import kill_store
 
 CHANNEL = bytes(range(32))
 
 
 def mw_body(receipt: mw.Receipt) -> bytes:
     return encode(receipt.to_wire())
+
+
+def journaled(path: Path) -> bool:
+    """Whether the store's journal holds anything (past its records, it is zeros)."""
+    return bool(path.with_name(path.name + ".served").read_bytes().strip(b"\0"))
 
 
 def receipt(seq: int) -> mw.Receipt:
@@ -37,12 +43,12 @@ def test_a_charge_is_kept_until_its_receipt_replaces_it_across_a_kill(tmp_path: 
     store.record_charge("peer", b"c" * 32, replace(charge, seq=2), None)
     store.record_served("peer", b"c" * 32, receipt(1), b"iou")  # signed after the answer
     # A kill -9 now: the journal holds both charges and the one receipt, in that order.
+    kill_store(store)
     again = MarketStore.open(path)
     assert bodies(again) == [(1, len(mw_body(receipt(1)))), (2, 0)]  # seq 2's never signed
     assert again.tokens_today("provider") == 4  # both charges count
-    store.record_served("peer", b"c" * 32, receipt(2), None)  # (the first store, still open)
-    assert bodies(store) == [(1, len(mw_body(receipt(1)))), (2, len(mw_body(receipt(2))))]
-    store.close()
+    again.record_served("peer", b"c" * 32, receipt(2), None)
+    assert bodies(again) == [(1, len(mw_body(receipt(1)))), (2, len(mw_body(receipt(2))))]
     again.close()
 
 
@@ -78,16 +84,16 @@ def test_an_answer_is_kept_by_its_journal_until_flushed(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT COUNT(*) FROM receipts").fetchone() == (0,)  # not written
     # A kill -9 now: the next store finds both answers in the journal, with their IOUs.
+    kill_store(store)
     again = MarketStore.open(path)
     assert [r["seq"] for r in again.receipts("provider")] == [2, 1]
     assert conn.execute("SELECT COUNT(*) FROM receipts").fetchone() == (2,)
-    assert path.with_name("market.sqlite.served").stat().st_size == 0
+    assert not journaled(path)
     # Reads of the store that journaled see its rows (they are flushed first).
-    store.record_served("peer", b"c" * 32, receipt(3), b"iou3")
-    assert store.tokens_today("provider") == 6
+    again.record_served("peer", b"c" * 32, receipt(3), b"iou3")
+    assert again.tokens_today("provider") == 6
     conn.close()
     again.close()
-    store.close()
 
 
 def test_a_damaged_journal_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
@@ -95,6 +101,7 @@ def test_a_damaged_journal_is_refused_and_left_as_it_was(tmp_path: Path) -> None
     store = MarketStore.open(path)
     for seq in (1, 2):
         store.record_served("peer", b"c" * 32, receipt(seq), b"iou")
+    kill_store(store)
     journal = path.with_name("market.sqlite.served")
     data = bytearray(journal.read_bytes())
     data[20] ^= 0xFF  # inside the first of two records
@@ -181,9 +188,9 @@ def test_a_flush_that_cannot_write_keeps_the_rows_for_the_next(tmp_path: Path) -
     with pytest.raises(MarketStoreError, match="disk is full"):
         store.flush()
     assert not conn.in_transaction  # rolled back
-    assert path.with_name("market.sqlite.served").stat().st_size > 0  # still journaled
+    assert journaled(path)  # still journaled
     store._conn = conn
     store.flush()
     assert [r["seq"] for r in store.receipts("provider")] == [1]
-    assert path.with_name("market.sqlite.served").stat().st_size == 0
+    assert not journaled(path)
     store.close()
