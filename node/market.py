@@ -113,6 +113,8 @@ class Market:
         self._arrived: list[tuple[str, list[Any]]] = []  # receipts as they came, not read
         self._checking = trio.Lock()  # one batch of receipts checked at a time, in order
         self._nursery: trio.Nursery | None = None
+        # A channel this near its expiry takes no more calls (twice the provider's margin).
+        self._margin_ms = 2 * int(config.settle_margin_s * 1000)
 
     def _now_ms(self) -> int:
         return int(self._wall() * 1000)
@@ -211,7 +213,12 @@ class Market:
     async def prepare(
         self, provider: str, request: wire.Request, price: int, max_price: int | None = None
     ) -> PayTicket | None:
-        quote = await self._quote_of(provider)
+        now = self._now_ms()
+        known = self._quotes.get(provider)
+        if known is not None and known.until_ms > now:
+            quote = known.quote  # (held: the common case, with no coroutine to run)
+        else:
+            quote = await self._quote_of(provider)
         if not quote.paid:
             return None
         price = quote.prices.get(request.expert, price)
@@ -226,7 +233,7 @@ class Market:
         if channel is not None and not channel.synced:
             await self._resync(provider, channel)
             channel = self.purse.channel(account)
-        if channel is not None and self._usable(channel.terms):
+        if channel is not None and now < channel.terms.expiry_ms - self._margin_ms:
             ticket = self.purse.reserve(channel, provider, request, price)
             if ticket is not None:
                 if channel.room_milli() < channel.terms.deposit * 1000 * REFILL_AT:
@@ -383,13 +390,7 @@ class Market:
         if isinstance(state, mw.ChannelState):
             self.purse.resume(channel, state)
 
-    def _usable(self, terms: ChannelTerms) -> bool:
-        return self._now_ms() < terms.expiry_ms - 2 * int(self.config.settle_margin_s * 1000)
-
     async def _quote_of(self, provider: str) -> mw.Quote:
-        known = self._quotes.get(provider)
-        if known is not None and known.until_ms > self._now_ms():
-            return known.quote
         with trio.fail_after(ASK_TIMEOUT_S):
             reply = await market_peer.ask(self.p2p.open_stream, provider, mw.quote_request())
         if not isinstance(reply, mw.Quote):
