@@ -11,10 +11,9 @@ answered by the task that read it, with no task spawned for it.
 A node that serves for pay has a `PaymentGate`: each request is admitted (its IOU checked
 against the channel and the call's largest cost) in the order it came off the stream, before
 any work; the answer is charged (the charge stored) before it is sent; after it has gone,
-the gate signs its receipt (`answered`). The receipt goes at once in a frame of its own when
-no other call on the stream is open, else rides on the stream's next answer (or goes alone
-if none follows within `RECEIPT_DELAY_S`): signing and sending it costs the call nothing, and
-under load the receipts cost no frames of their own.
+the gate signs its receipt (`answered`). The receipts signed within `RECEIPT_DELAY_S` go
+together in one frame of their own: signing and sending them costs the calls nothing, and
+the frames are few (one per stream per `RECEIPT_DELAY_S` at most).
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ log = logging.getLogger("swarm.infer")
 Expert = TensorExpert | GeneratorExpert
 PARTIAL_FRAME_TIMEOUT_S = 5.0
 INLINE_CELLS = 64 * 1024  # a forward pass over fewer input cells than this runs inline
-RECEIPT_DELAY_S = 0.02  # how long a receipt waits for an answer to ride on
+RECEIPT_DELAY_S = 0.02  # how long a receipt waits for others to go in one frame with
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,53 +100,37 @@ class _Outlet:
     def __init__(self, framed: FramedStream, nursery: trio.Nursery) -> None:
         self._framed = framed
         self._nursery = nursery
-        self._lock = QuickLock()  # taken at once when free: once per answer
+        self._lock = QuickLock()  # taken at once when free: once per frame
         self._receipts: list[list[Any]] = []  # signed, not sent yet
-        self.open = 0  # calls read from the stream and not answered yet
         self._flushing = False
 
     async def answer(self, result: wire.Result) -> None:
         body = result.encode()
         async with self._lock:
-            if self._receipts:
-                body["receipts"], self._receipts = self._take()
             await self._framed.send(body)
 
-    def _take(self) -> tuple[list[list[Any]], list[list[Any]]]:
-        """The receipts for one frame, and those left."""
-        if len(self._receipts) <= wire.MAX_RECEIPTS:
-            return self._receipts, []
-        return self._receipts[: wire.MAX_RECEIPTS], self._receipts[wire.MAX_RECEIPTS :]
-
-    async def receipt(self, receipt: list[Any]) -> None:
-        """Send `receipt` at once if the stream is idle (no call on it is open or read: no
-        answer would carry it soon, and the client reads it while it waits for its next
-        answer, off that call's path), else let the next answer carry it, or a frame of its
-        own after `RECEIPT_DELAY_S`."""
+    def receipt(self, receipt: list[Any]) -> None:
+        """Send `receipt` with those signed within `RECEIPT_DELAY_S` of the first still to
+        send, in one frame of their own: a frame and its reading cost both sides more than
+        the rest of a receipt, and an answer that carried them would wait for them."""
         self._receipts.append(receipt)
-        if not self.open and not self._framed.buffered and not self._lock.locked():
-            await self._send_receipts()
-        elif not self._flushing:
+        if not self._flushing:
             self._flushing = True
             self._nursery.start_soon(self._flush)
 
     async def _flush(self) -> None:
-        """Send the receipts no answer has carried within `RECEIPT_DELAY_S`."""
         try:
-            await trio.sleep(RECEIPT_DELAY_S)  # deliberate: the next answer may carry them
-            await self._send_receipts()
-        finally:
-            self._flushing = False
-
-    async def _send_receipts(self) -> None:
-        try:
+            await trio.sleep(RECEIPT_DELAY_S)  # deliberate: the receipts of what follows
             async with self._lock:
                 while self._receipts:
-                    receipts, self._receipts = self._take()
+                    receipts = self._receipts[: wire.MAX_RECEIPTS]
+                    del self._receipts[: wire.MAX_RECEIPTS]
                     body = {"t": "receipts", "v": wire.VERSION, "receipts": receipts}
                     await self._framed.send(body)
         except (NetworkError, PeerTimeout) as exc:
             log.debug("could not send receipts: %s", exc)  # (each is stored: the provider's)
+        finally:
+            self._flushing = False
 
 
 class CallError(SwarmError):
@@ -328,7 +311,6 @@ class ExpertHost:
                     continue
                 self._inflight[peer] += 1
                 self._arrived[request.expert] += 1
-                outlet.open += 1
                 if not framed.buffered and self._runs_inline(request):
                     # Nothing else has come in, and the pass is small: answering here costs
                     # no task and no trip through the scheduler (a spawn costs about as much
@@ -385,11 +367,9 @@ class ExpertHost:
             await outlet.answer(result)
         except (NetworkError, PeerTimeout) as exc:
             log.debug("could not answer %s: %s", peer, exc)
-        finally:
-            outlet.open -= 1
         if charged:
             assert self.gate is not None
-            await outlet.receipt(self.gate.answered(ticket, request, result))
+            outlet.receipt(self.gate.answered(ticket, request, result))
 
     async def call(self, request: wire.Request, *, alone: bool = False) -> wire.Result:
         """Run one request against a hosted expert (also used for local calls); `alone`:

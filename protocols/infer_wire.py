@@ -20,14 +20,12 @@ agree. For a tensor call the billable tokens are the rows in and the rows out.
 A paid call adds `"pay": bytes` (the client's IOU) to the request, or is refused with the
 error code "payment" (this call cannot be paid: no IOU, a bad or short one, a limit) or
 "channel" (the IOU's channel cannot pay here at all: the client opens another). The signed
-receipt of a paid answer follows it (see `protocols.market_wire`): the provider sends
-receipts on their own,
+receipt of a paid answer follows it (see `protocols.market_wire`): the provider sends the
+receipts signed within `RECEIPT_DELAY_S` of `protocols.infer_server` together, on their own,
 
  -> {"t": "receipts", "v": 1, "receipts": [receipt, ...]}
 
-right after the answer when no other call on the stream is open, or else adds
-`"receipts": [receipt, ...]` to a later answer on the stream (alone at most
-`RECEIPT_DELAY_S` of `protocols.infer_server` after the answer, if none comes).
+(an answer may carry them too, as `"receipts": [receipt, ...]`: read the same).
 """
 
 from __future__ import annotations
