@@ -152,7 +152,7 @@ def build_app(node: Node, token: str) -> Starlette:
 
     async def balance(request: Request) -> Any:
         if request.query_params.get("all"):
-            return {"balances": await node.dag.balances()}
+            return {"balances": await node.dag.balances(), "totals": await node.dag.totals()}
         return await node.dag.balance(account_param(request.query_params.get("account")))
 
     async def dag_status(request: Request) -> Any:

@@ -171,14 +171,17 @@ def cmd_balance(args: argparse.Namespace) -> int:
         if status not in ("applied", "failed", "rejected"):
             raise SwarmError(f"transaction {args.wait_for[:16]} is still {status} here")
     if args.all:
-        rows = client.balances()
+        doc = client.all_balances()
+        rows, totals = doc["balances"], doc["totals"]
         emit(
-            {"balances": rows},
+            doc,
             args.json,
             table(
                 [[r["name"], r["account"][:16], str(r["balance"])] for r in rows],
                 ["NAME", "ACCOUNT", "BALANCE"],
-            ),
+            )
+            + f"\nsupply {totals['supply']} = {totals['in_accounts']} in accounts"
+            f" + {totals['locked']} locked in channels",
         )
         return 0
     out = client.balance(args.account)

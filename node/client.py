@@ -108,7 +108,11 @@ class Client:
         return self.request("GET", "/v1/balance" + query)
 
     def balances(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/v1/balance?all=1")["balances"]  # type: ignore[no-any-return]
+        return self.all_balances()["balances"]  # type: ignore[no-any-return]
+
+    def all_balances(self) -> dict[str, Any]:
+        """The genesis accounts' balances, and the ledger's totals (supply, locked)."""
+        return self.request("GET", "/v1/balance?all=1")
 
     def dag_status(self, window_s: float | None = None) -> dict[str, Any]:
         query = f"?window_s={window_s}" if window_s else ""

@@ -43,7 +43,7 @@ from protocols.dag_sync import (
     serve_query,
     serve_sync,
 )
-from protocols.dag_views import balance_view, tx_status_of, vertex_view
+from protocols.dag_views import balance_view, totals_view, tx_status_of, vertex_view
 from protocols.dag_wallet import BatchSettings, InsufficientCredits, Wallet
 from protocols.errors import NetworkError
 from protocols.metrics import METRICS_WINDOW_S, Latencies
@@ -408,6 +408,10 @@ class DagService:
         return [
             {"name": a.name, **await self.balance(a.account)} for a in self.engine.genesis.accounts
         ]
+
+    async def totals(self) -> dict[str, int]:
+        """The supply, and how much of it is in balances and how much locked."""
+        return await self._inline(totals_view, self.engine)
 
     async def vertex_info(self, vertex_id: bytes) -> dict[str, Any] | None:
         return await self._call(vertex_view, self.engine, vertex_id)

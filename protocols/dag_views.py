@@ -18,6 +18,16 @@ def balance_view(engine: Engine, account: bytes) -> dict[str, Any]:
     }
 
 
+def totals_view(engine: Engine) -> dict[str, int]:
+    """Where the supply is: in accounts' balances, and locked (channel deposits)."""
+    ledger = engine.ledger
+    return {
+        "in_accounts": ledger.total_balances,
+        "locked": ledger.total_locked,
+        "supply": engine.genesis.supply,
+    }
+
+
 def vertex_view(engine: Engine, vertex_id: bytes) -> dict[str, Any] | None:
     body = engine.vertex_bytes(vertex_id)
     if body is None:

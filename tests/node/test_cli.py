@@ -182,7 +182,7 @@ def test_mesh_detach_join_refuse_and_stop(tmp_path: Path, daemons: list[Daemon])
         sent = json.loads(cli("transfer", "--data-dir", n0, "node-2", "1234", "--json").stdout)
         assert sent["status"] == "applied"
         for n in nodes:
-            rows = json.loads(
+            doc = json.loads(
                 cli(
                     "balance",
                     "--all",
@@ -192,12 +192,15 @@ def test_mesh_detach_join_refuse_and_stop(tmp_path: Path, daemons: list[Daemon])
                     "--wait-for",
                     sent["tx_id"],
                 ).stdout
-            )["balances"]
-            assert {r["name"]: r["balance"] for r in rows} == {
+            )
+            assert {r["name"]: r["balance"] for r in doc["balances"]} == {
                 "node-0": 1_000_000 - 1234,
                 "node-1": 1_000_000,
                 "node-2": 1_000_000 + 1234,
             }
+            assert doc["totals"] == {"in_accounts": 3_000_000, "locked": 0, "supply": 3_000_000}
+        shown = cli("balance", "--all", "--data-dir", n0).stdout
+        assert shown.endswith("supply 3000000 = 3000000 in accounts + 0 locked in channels\n")
         status = json.loads(cli("dag", "status", "--data-dir", n0, "--json").stdout)
         assert status["accepted"] >= 1 and status["finality"]["count"] >= 1
         broke = cli("transfer", "--data-dir", n0, "node-1", str(10**9), check=False)

@@ -107,6 +107,9 @@ async def test_paid_calls_settle_on_the_dag_with_the_same_balances_everywhere(
             used = client.market.store.usage()
             assert [(u["kind"], u["calls"], u["credits"]) for u in used] == [("used", 25, 0.5)]
             assert await provider.dag.locked(channel.id) == channel.deposit
+            where = await provider.dag.totals()  # (the deposit left the client's balance)
+            assert where["locked"] == channel.deposit
+            assert where["in_accounts"] + where["locked"] == where["supply"]
 
             (settled,) = await provider.market.settle()
             assert settled["amount"] == 1  # 0.5 credits, rounded up once at settlement
