@@ -392,23 +392,23 @@ async def test_receipts_signed_together_go_together_in_a_frame_of_their_own(
         assert answer is not None and answer["id"] == i and "receipts" not in answer
         return trio.current_time()
 
+    async def receipts() -> list[int]:
+        frame = await framed.receive()
+        assert frame is not None and frame["t"] == "receipts"
+        return [mw.Receipt.from_wire(r).seq for r in frame["receipts"]]
+
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(host.run)
             nursery.start_soon(host.serve, theirs)
             first = await call(1)
             await call(2)
-            await trio.sleep(RECEIPT_DELAY_S / 2)
+            autojump_clock.jump(RECEIPT_DELAY_S / 2)  # (still within the first's window)
             await call(3)
-            receipts = await framed.receive()
-            assert receipts is not None and receipts["t"] == "receipts"
-            assert [mw.Receipt.from_wire(r).seq for r in receipts["receipts"]] == [1, 2, 3]
+            assert await receipts() == [1, 2, 3]
             assert trio.current_time() == pytest.approx(first + RECEIPT_DELAY_S)
             await call(4)  # the next frame's first
-            later = await framed.receive()
-            assert later is not None and [
-                mw.Receipt.from_wire(r).seq for r in later["receipts"]
-            ] == [4]
+            assert await receipts() == [4]
             nursery.cancel_scope.cancel()
 
 
