@@ -110,7 +110,7 @@ class Market:
         self._ahead_after: dict[bytes, int] = {}  # no opening ahead before (after a failure)
         self._unchecked = trio.Event()
         self._came = trio.Event()  # receipts came (for `check_receipts` with a wait)
-        self._arrived: list[tuple[str, list[Any]]] = []  # receipts as they came, not read
+        self._arrived: list[tuple[str, list[Any], bytes]] = []  # frames of receipts, not read
         self._checking = trio.Lock()  # one batch of receipts checked at a time, in order
         self._nursery: trio.Nursery | None = None
         # A channel this near its expiry takes no more calls (twice the provider's margin).
@@ -303,18 +303,18 @@ class Market:
             self._unchecked.set()
         return cost
 
-    def receipts(self, provider: str, items: list[Any]) -> None:
-        """Receipts that came on a stream from `provider`: read, checked and kept off the
-        calls' path, in batches (`_checker`)."""
-        self._arrived.append((provider, items))
+    def receipts(self, provider: str, items: list[Any], seal: bytes) -> None:
+        """A frame of receipts that came on a stream from `provider`: read, checked and kept
+        off the calls' path, in batches (`_checker`)."""
+        self._arrived.append((provider, items, seal))
         self._unchecked.set()
         self._came.set()  # (wakes who waits on this one; later waits take the next)
         self._came = trio.Event()
 
     def _match_arrived(self) -> None:
         arrived, self._arrived = self._arrived, []
-        for provider, items in arrived:
-            self.purse.receipts(provider, items)
+        for provider, items, seal in arrived:
+            self.purse.receipts(provider, items, seal)
 
     async def _checker(self) -> None:
         """Check and keep receipts in batches, after the answers have gone to the callers."""
@@ -356,7 +356,7 @@ class Market:
                 return
             # Shielded: a batch taken off the queue is kept, even by a node that is stopping.
             with trio.CancelScope(shield=True):
-                # The signatures are checked beside the loop (libsodium lets go of the GIL).
+                # The seals are checked beside the loop (libsodium lets go of the GIL).
                 disputes = await trio.to_thread.run_sync(self.purse.judge, batch)
                 self._report(self.purse.keep(batch, disputes))
 

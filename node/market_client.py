@@ -4,8 +4,9 @@ it checks.
 Per provider account there is at most one open channel. A call `reserve`s its largest cost on
 it (refused when the channel cannot pay: the caller opens another), `sign`s an IOU for what
 the client counts it owes plus every reservation, and `record`s the answer's cost by the
-client's own count of the tokens. Its receipt comes after the answer (`receipts`) and is
-checked against the provider's host key, the request and answer it names, and that count. A
+client's own count of the tokens. Its receipt comes after the answer, in a frame of receipts
+under one seal (`receipts`), and is checked against the provider's host key (one signature
+check per frame), the request and answer it names, and that count. A
 receipt that claims more than the client counted is kept, marked disputed, and the client
 goes on paying by its own count; the provider can never claim more than the newest IOU,
 which names the client's count plus open reservations.
@@ -180,17 +181,18 @@ class Purse:
             self._awaiting[(channel.id, ticket.seq)] = entry
         return ours
 
-    def receipts(self, provider: str, items: list[Any]) -> int:
-        """Receipts `provider` sent for its answers: queued for `check`, each with its answer
-        (one whose answer is not counted yet waits for `record`, up to `RECEIPT_GIVE_UP_S`).
-        Returns how many were queued."""
+    def receipts(self, provider: str, items: list[Any], seal: bytes) -> int:
+        """A frame of receipts `provider` sent for its answers, under `seal`: queued for
+        `check`, each with its answer (one whose answer is not counted yet waits for
+        `record`, up to `RECEIPT_GIVE_UP_S`). Returns how many were queued; a frame with a
+        malformed receipt, none (no receipt of it can be checked)."""
+        try:
+            receipts = mw.open_receipts(items, seal)
+        except RemoteProtocolError as exc:
+            log.warning("provider %s sent malformed receipts: %s", provider[-8:], exc)
+            return 0
         queued = 0
-        for item in items:
-            try:
-                receipt = mw.Receipt.from_wire(item)
-            except RemoteProtocolError as exc:
-                log.warning("provider %s sent a malformed receipt: %s", provider[-8:], exc)
-                continue
+        for receipt in receipts:
             key = (receipt.channel_id, receipt.seq)
             entry = self._awaiting.get(key)
             if entry is None or entry[0].provider != provider:
@@ -239,7 +241,7 @@ class Purse:
                     ticket.price,
                     ours,
                     owed,
-                )  # (no signature: `_dispute` tells it from a real one, which has 64 bytes)
+                )  # (no seal: `_dispute` tells it from one that came)
                 self._queue(entry, none)
                 provider = ticket.provider[-8:]
                 log.warning("no receipt came from %s for the answer of IOU %d", provider, key[1])
@@ -256,10 +258,11 @@ class Purse:
         return batch
 
     def judge(self, batch: list[_Unchecked]) -> list[str]:
-        """Each receipt's dispute, or "" (signature by the provider's host key, the request
-        and answer it names, the tokens). Reads nothing but the batch: the market runs it in a
-        worker thread, where the signatures are checked beside the loop."""
-        return [self._dispute(*item[:5]) for item in batch]
+        """Each receipt's dispute, or "" (sealed by the provider's host key, the request and
+        answer it names, the tokens). Reads nothing but the batch: the market runs it in a
+        worker thread, where the seals are checked beside the loop."""
+        checked: set[bytes] = set()  # the seals checked: each frame's, once
+        return [self._dispute(*item[:5], checked) for item in batch]
 
     def keep(self, batch: list[_Unchecked], disputes: list[str]) -> list[Paid]:
         """Store the judged receipts in one transaction. A receipt that claims more than we
@@ -280,14 +283,15 @@ class Purse:
         receipt: mw.Receipt,
         tokens: int,
         ours: int,
+        checked: set[bytes],
     ) -> str:
-        if not receipt.signature:
+        if receipt.seal is None:
             return f"no receipt came within {RECEIPT_GIVE_UP_S:.0f} s"
         host_key = self._host_key_of(ticket.provider)
         try:
             if host_key is None:
                 raise RemoteProtocolError("no host key for the provider")
-            receipt.verify(host_key)
+            receipt.verify(host_key, checked)
         except SwarmError as exc:
             return f"not the provider's receipt: {exc}"
         if receipt.channel_id != ticket.channel.id or receipt.expert != ticket.request.expert:

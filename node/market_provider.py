@@ -4,10 +4,10 @@
 the requests came off the stream, `admit` checks the IOU against the channel (accepted on the
 DAG and told to us over `/swarm/market/1.0.0`), the client, the limits and the call's largest
 cost, and reserves that cost; `charge` counts the tokens actually served and journals the
-charge (with the IOU, when checked) before the answer goes out; `answered`, after it, signs
-the receipt and stores it whole, and the server sends it after the answer; `release` drops
-the reservation of a call that failed. No consensus round is on this path, and nothing on
-it signs.
+charge (with the IOU, when checked) before the answer goes out; `answered`, after it, makes
+the receipt and stores it, and the server sends it after the answer, in a frame of receipts
+that `seal` signs; `release` drops the reservation of a call that failed. No consensus round
+is on this path, and nothing on it signs.
 
 An IOU is admitted when its sequence number is above every earlier one of the channel (a
 replay is refused) and its amount covers what the channel has charged, what calls still open
@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, cast
 
 from dag.channels import ChannelTerms, Iou, iou_head
 from dag.errors import RemoteProtocolError
@@ -59,7 +59,7 @@ class _Open:
 
 
 class Charge(NamedTuple):
-    """What a call was charged: a receipt's fields but the hashes and the signature (a
+    """What a call was charged: a receipt's fields but the hashes and the seal (a
     tuple: built on the call's path, where a frozen dataclass costs several times more)."""
 
     channel_id: bytes
@@ -284,10 +284,10 @@ class Till:
         self._client_today[client] = self._client_today.get(client, 0) + tokens
         ticket.charge = charge
 
-    def answered(self, ticket: object, request: wire.Request, result: wire.Result) -> list[Any]:
+    def answered(self, ticket: object, request: wire.Request, result: wire.Result) -> mw.Receipt:
         """After a charged call's answer went out: check an IOU whose check could wait (one
         that fails ends the channel's service: the calls it came with were paid by an
-        earlier IOU), sign the receipt and store it with the IOU."""
+        earlier IOU), make the receipt and store it with the IOU."""
         assert isinstance(ticket, Ticket) and not isinstance(result, wire.ErrorResult)
         channel, charge = ticket.channel, ticket.charge
         assert charge is not None
@@ -306,7 +306,7 @@ class Till:
                 channel.refused = f"an IOU of this channel failed its check: {exc}"
             else:
                 channel.paid_milli = max(channel.paid_milli, ticket.cumulative * 1000)
-        fields = mw.Receipt(
+        receipt = mw.Receipt(
             charge.channel_id,
             charge.seq,
             charge.expert,
@@ -318,10 +318,13 @@ class Till:
             charge.cost_milli,
             charge.charged_milli,
         )
-        signed = replace(fields, signature=self._sign(fields.message()))
         stored = ticket.iou_bytes if checked else None
-        self.store.record_served(channel.row.peer, channel.terms.client, signed, stored)
-        return signed.to_wire()
+        self.store.record_served(channel.row.peer, channel.terms.client, receipt, stored)
+        return receipt
+
+    def seal(self, receipts: list[object]) -> dict[str, Any]:
+        """A frame of receipts (`answered`'s), sealed by the host key (`mw.seal_receipts`)."""
+        return mw.seal_receipts(cast(list[mw.Receipt], receipts), self._sign)
 
     def release(self, ticket: object) -> None:
         assert isinstance(ticket, Ticket)

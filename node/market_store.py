@@ -264,7 +264,8 @@ class MarketStore:
         self._journaled_row(row)
 
     def record_served(self, peer: str, client: bytes, receipt: Any, iou: bytes | None) -> None:
-        """A provider's signed receipt (kept whole, as evidence) with the IOU that pays for
+        """A provider's receipt (its fields: the seal goes on the frame that carries it) with
+        the IOU that pays for
         it, once checked (None: it failed its late check, and an earlier one pays). The
         channel's total, seq and newest IOU are read back from these rows."""
         body = _body(receipt)
@@ -428,7 +429,8 @@ def _journaled(body: bytes) -> tuple[Any, ...]:
 
 
 def _body(receipt: Any) -> bytes:
-    return encode(receipt.to_wire(), types_checked=True)  # (a receipt's fields are typed)
+    # `protocols.market_wire.Receipt.evidence` (a receipt's fields are typed)
+    return encode(receipt.evidence(), types_checked=True)
 
 
 def _receipt_row(

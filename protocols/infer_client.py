@@ -27,7 +27,7 @@ from protocols.stream import FramedStream, Stream
 
 log = logging.getLogger("swarm.infer")
 OpenStream = Callable[[str, str], Awaitable[Stream]]
-OnReceipts = Callable[[str, list[Any]], None]
+OnReceipts = Callable[[str, list[Any], bytes], None]  # (peer, receipts, their seal)
 RECEIPT_WAIT_S = 0.05  # how often an idle stream that owes receipts is read for them
 RECEIPT_TIMEOUT_S = 10.0  # receipts owed longer than this on an idle stream are given up
 
@@ -172,13 +172,12 @@ class InferChannel:
                 body = await line.framed.receive()
                 if body is None:
                     raise NetworkError("provider closed the stream", peer=self.peer)
-                receipts = wire.decode_receipts(body, peer=self.peer)
-                if receipts is not None:
-                    line.owed = max(0, line.owed - len(receipts))
+                sealed = wire.decode_receipts(body, peer=self.peer)
+                if sealed is not None:
+                    line.owed = max(0, line.owed - len(sealed[0]))
                     if self._on_receipts is not None:
-                        self._on_receipts(self.peer, receipts)
-                    if body["t"] == "receipts":
-                        continue
+                        self._on_receipts(self.peer, *sealed)
+                    continue
                 result = wire.decode_result(body, peer=self.peer)
                 pending = line.pending.get(result.id)
                 if pending is not None:  # (else a late answer to a call that gave up)

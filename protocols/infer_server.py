@@ -11,9 +11,10 @@ answered by the task that read it, with no task spawned for it.
 A node that serves for pay has a `PaymentGate`: each request is admitted (its IOU checked
 against the channel and the call's largest cost) in the order it came off the stream, before
 any work; the answer is charged (the charge stored) before it is sent; after it has gone,
-the gate signs its receipt (`answered`). The receipts signed within `RECEIPT_DELAY_S` go
-together in one frame of their own: signing and sending them costs the calls nothing, and
-the frames are few (one per stream per `RECEIPT_DELAY_S` at most).
+the gate makes its receipt (`answered`). The receipts made within `RECEIPT_DELAY_S` go
+together in one frame of their own, which the gate seals (`seal`: one signature for the
+frame): sending them costs the calls nothing, and the frames are few (one per stream per
+`RECEIPT_DELAY_S` at most).
 """
 
 from __future__ import annotations
@@ -84,9 +85,13 @@ class PaymentGate(Protocol):
         """Charge an answered call, durably, before the answer is sent."""
         ...
 
-    def answered(self, ticket: object, request: wire.Request, result: wire.Result) -> list[Any]:
-        """A charged call's answer has gone out (or could not): its signed receipt (wire
-        form), and any work that could wait."""
+    def answered(self, ticket: object, request: wire.Request, result: wire.Result) -> object:
+        """A charged call's answer has gone out (or could not): its receipt, for `seal`, and
+        any work that could wait."""
+        ...
+
+    def seal(self, receipts: list[object]) -> dict[str, Any]:
+        """A frame's receipts, signed together: the frame's fields but "t" and "v"."""
         ...
 
     def release(self, ticket: object) -> None:
@@ -97,11 +102,14 @@ class PaymentGate(Protocol):
 class _Outlet:
     """The sending side of one stream: answers, and the receipts that follow them."""
 
-    def __init__(self, framed: FramedStream, nursery: trio.Nursery) -> None:
+    def __init__(
+        self, framed: FramedStream, nursery: trio.Nursery, gate: PaymentGate | None
+    ) -> None:
         self._framed = framed
         self._nursery = nursery
+        self._gate = gate
         self._lock = QuickLock()  # taken at once when free: once per frame
-        self._receipts: list[list[Any]] = []  # signed, not sent yet
+        self._receipts: list[object] = []  # not sent yet
         self._flushing = False
 
     async def answer(self, result: wire.Result) -> None:
@@ -109,10 +117,10 @@ class _Outlet:
         async with self._lock:
             await self._framed.send(body)
 
-    def receipt(self, receipt: list[Any]) -> None:
-        """Send `receipt` with those signed within `RECEIPT_DELAY_S` of the first still to
-        send, in one frame of their own: a frame and its reading cost both sides more than
-        the rest of a receipt, and an answer that carried them would wait for them."""
+    def receipt(self, receipt: object) -> None:
+        """Send `receipt` with those made within `RECEIPT_DELAY_S` of the first still to
+        send, in one sealed frame of their own: a frame, its seal and their checks cost both
+        sides more than the rest of a receipt, and an answer that carried them would wait."""
         self._receipts.append(receipt)
         if not self._flushing:
             self._flushing = True
@@ -125,8 +133,9 @@ class _Outlet:
                 while self._receipts:
                     receipts = self._receipts[: wire.MAX_RECEIPTS]
                     del self._receipts[: wire.MAX_RECEIPTS]
-                    body = {"t": "receipts", "v": wire.VERSION, "receipts": receipts}
-                    await self._framed.send(body)
+                    assert self._gate is not None  # (only a gate makes receipts)
+                    sealed = self._gate.seal(receipts)
+                    await self._framed.send({"t": "receipts", "v": wire.VERSION, **sealed})
         except (NetworkError, PeerTimeout) as exc:
             log.debug("could not send receipts: %s", exc)  # (each is stored: the provider's)
         finally:
@@ -273,7 +282,7 @@ class ExpertHost:
         peer = stream.remote_peer
         failure: Exception | None = None
         async with trio.open_nursery() as nursery:
-            outlet = _Outlet(framed, nursery)
+            outlet = _Outlet(framed, nursery, self.gate)
             while True:
                 try:
                     body = await framed.receive(partial_timeout_s=PARTIAL_FRAME_TIMEOUT_S)

@@ -19,13 +19,12 @@ agree. For a tensor call the billable tokens are the rows in and the rows out.
 
 A paid call adds `"pay": bytes` (the client's IOU) to the request, or is refused with the
 error code "payment" (this call cannot be paid: no IOU, a bad or short one, a limit) or
-"channel" (the IOU's channel cannot pay here at all: the client opens another). The signed
+"channel" (the IOU's channel cannot pay here at all: the client opens another). The
 receipt of a paid answer follows it (see `protocols.market_wire`): the provider sends the
-receipts signed within `RECEIPT_DELAY_S` of `protocols.infer_server` together, on their own,
+receipts made within `RECEIPT_DELAY_S` of `protocols.infer_server` together, on their own,
+under one signature:
 
- -> {"t": "receipts", "v": 1, "receipts": [receipt, ...]}
-
-(an answer may carry them too, as `"receipts": [receipt, ...]`: read the same).
+ -> {"t": "receipts", "v": 1, "receipts": [receipt, ...], "seal": bytes}
 """
 
 from __future__ import annotations
@@ -54,6 +53,7 @@ ERROR_CODES = (
 )
 MAX_PAY_BYTES = 256
 MAX_RECEIPTS = 4096  # receipts in one frame
+MAX_SEAL_BYTES = 4096  # (an Ed25519 seal has 64; room for a post-quantum one)
 
 
 def _paid(body: dict[str, Any], pay: bytes | None) -> dict[str, Any]:
@@ -281,16 +281,13 @@ def decode_result(body: dict[str, Any], *, peer: str) -> Result:
     raise RemoteProtocolError(f"unknown infer result type {body['t']!r}", peer=peer)
 
 
-def decode_receipts(body: dict[str, Any], *, peer: str) -> list[Any] | None:
-    """The receipts a frame carries (an answer's `"receipts"`, or a "receipts" frame's), each
-    still to be checked (`protocols.market_wire.Receipt.from_wire`); None if it has none."""
-    receipts = body.get("receipts")
-    if receipts is None:
-        if body["t"] == "receipts":
-            raise RemoteProtocolError("receipts: the frame has no receipts", peer=peer)
+def decode_receipts(body: dict[str, Any], *, peer: str) -> tuple[list[Any], bytes] | None:
+    """A "receipts" frame's receipts and seal, still to be checked
+    (`protocols.market_wire.open_receipts`); None for any other frame."""
+    if body["t"] != "receipts":
         return None
+    receipts = body.get("receipts")
     if not isinstance(receipts, list) or not 0 < len(receipts) <= MAX_RECEIPTS:
-        raise RemoteProtocolError(
-            f"{body['t']}: receipts must be an array of 1..{MAX_RECEIPTS}", peer=peer
-        )
-    return receipts
+        raise RemoteProtocolError(f"receipts must be an array of 1..{MAX_RECEIPTS}", peer=peer)
+    seal = field(body, "seal", bytes, peer=peer, max_len=MAX_SEAL_BYTES)
+    return receipts, seal

@@ -71,8 +71,9 @@ class Payer(Protocol):
     def paid(self, ticket: object, result: wire.TextResult | wire.ArrayResult) -> int:
         """Count the answer; what the call cost in milli-credits (its receipt comes after)."""
 
-    def receipts(self, provider: str, items: list[Any]) -> None:
-        """Receipts that came from `provider` for its answers: checked and kept."""
+    def receipts(self, provider: str, items: list[Any], seal: bytes) -> None:
+        """A frame of receipts `provider` sent for its answers, under `seal`: checked and
+        kept."""
 
     def unpaid(self, ticket: object, error: BaseException) -> None:
         """The call failed: drop its reservation, and learn from a payment refusal."""

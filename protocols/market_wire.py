@@ -2,16 +2,22 @@
 
 A paid call is an ordinary `/swarm/infer/1.0.0` call whose request carries `"pay"`, the
 client's IOU (`dag.channels.Iou`, its canonical bytes), and whose answer is followed by its
-receipt (in a later frame's `"receipts"`, see `protocols.infer_wire`):
+receipt, in a later frame of receipts (see `protocols.infer_wire`):
 
-    ["swarm/receipt", 1, channel id, IOU seq, expert id (hex), request hash, output hash,
-     tokens_in, tokens_out, price per 1k, cost (milli-credits), charged (milli-credits), sig]
+    ["swarm/receipt", 2, channel id, IOU seq, expert id (hex), request hash, output hash,
+     tokens_in, tokens_out, price per 1k, cost (milli-credits), charged (milli-credits)]
 
 `cost` is tokens x price per 1,000 tokens, in thousandths of a credit, so that no call is
-rounded; `charged` is the channel's running total. The provider signs with its host key
-(Ed25519, bound to its account by the hello record), over `RECEIPT_SIGN_DOMAIN` + the
-canonical encoding of every field but the signature: cheap enough to sign every answer,
-where an ML-DSA-65 account signature would cost about a millisecond each.
+rounded; `charged` is the channel's running total.
+
+The provider seals each frame of receipts with one signature by its host key (Ed25519, bound
+to its account by the hello record) over the frame's Merkle tree: leaf i is
+H(0x00 || `RECEIPT_DOMAIN` || the receipt's canonical encoding), a node is H(0x01 || left ||
+right), an odd node is carried up as it is, and H is BLAKE2b-256; the seal signs
+`SEAL_DOMAIN` || the count of receipts (4 bytes, big-endian) || the root. One signature and
+one check per frame, where one per receipt cost more than the rest of a paid call; and each
+receipt, kept with the seal, its position, the count and the sibling hashes from its leaf up
+(`Receipt.evidence`), is still proof on its own of what the provider signed.
 
 `/swarm/market/1.0.0` is one request and one reply per stream:
 
@@ -34,12 +40,13 @@ restarted resumes from it. A quote's prices hold for that client for `valid_ms`.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from dag.codec import as_array, as_bytes, as_int, encode, expect_header
 from dag.crypto import PublicKey, Scheme, Signature
-from dag.errors import RemoteProtocolError
+from dag.errors import DecodeError, RemoteProtocolError
 from experts.tokens import count_tokens
 from protocols import infer_wire as wire
 from protocols.framing import field
@@ -47,7 +54,12 @@ from protocols.framing import field
 VERSION = 1
 MAX_FRAME = 64 << 10
 RECEIPT_TAG = "swarm/receipt"
-RECEIPT_SIGN_DOMAIN = b"swarm/receipt-sig/1\x00"
+RECEIPT_VERSION = 2
+RECEIPT_DOMAIN = b"swarm/receipt/2\x00"
+SEAL_DOMAIN = b"swarm/receipt-seal/1\x00"
+TREE_BYTES = 32
+MAX_SEALED = 1 << 16  # receipts under one seal (a frame holds far fewer)
+_LEAF = b"\x00" + RECEIPT_DOMAIN
 DIGEST_BYTES = 16
 MAX_COUNT = 2**62
 
@@ -96,9 +108,24 @@ def credits_for(milli: int) -> int:
     return -(-milli // 1000)
 
 
+# A receipt's fields but the seal, as `Receipt` takes them.
+_Fields = tuple[bytes, int, str, bytes, bytes, int, int, int, int, int]
+
+
+class Seal(NamedTuple):
+    """What binds one receipt to its frame's seal: the signature, the receipt's position
+    among the frame's `size`, and the sibling hashes from its leaf up to the root."""
+
+    signature: bytes
+    position: int
+    size: int
+    path: tuple[bytes, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Receipt:
-    """A provider's signed account of one answer (see the module doc)."""
+    """A provider's account of one answer (see the module doc); `seal` once it came in a
+    sealed frame (the provider's own copy has none)."""
 
     channel_id: bytes
     seq: int
@@ -110,12 +137,12 @@ class Receipt:
     price_per_1k: int
     cost_milli: int
     charged_milli: int
-    signature: bytes = b""
+    seal: Seal | None = None
 
-    def _fields(self) -> list[Any]:
+    def to_wire(self) -> list[Any]:
         return [
             RECEIPT_TAG,
-            VERSION,
+            RECEIPT_VERSION,
             self.channel_id,
             self.seq,
             self.expert,
@@ -128,40 +155,153 @@ class Receipt:
             self.charged_milli,
         ]
 
-    def message(self) -> bytes:
+    def leaf(self) -> bytes:
         # Every field is typed: checked one by one by `from_wire`, or made by the provider.
-        return RECEIPT_SIGN_DOMAIN + encode(self._fields(), types_checked=True)
+        return _leaf(encode(self.to_wire(), types_checked=True))
 
-    def to_wire(self) -> list[Any]:
-        return [*self._fields(), self.signature]
+    def evidence(self) -> list[Any]:
+        """The receipt as kept: its fields and, if sealed, its seal (`from_evidence`)."""
+        if self.seal is None:
+            return [self.to_wire()]
+        signature, position, size, path = self.seal
+        return [self.to_wire(), signature, position, size, list(path)]
 
-    def verify(self, host_public_key: bytes) -> None:
-        """Raise `InvalidSignature` unless the provider's host key signed this receipt."""
+    def verify(self, host_public_key: bytes, checked: set[bytes] | None = None) -> None:
+        """Raise `InvalidSignature` (a `RemoteProtocolError`) unless the provider's host key
+        sealed this receipt. `checked` holds the seals already checked: a frame's receipts
+        share one, checked once."""
+        if self.seal is None:
+            raise RemoteProtocolError("the receipt is not sealed")
+        signature, position, size, path = self.seal
+        message = seal_message(size, _root_of(self.leaf(), position, size, path))
+        memo = host_public_key + signature + message
+        if checked is not None and memo in checked:
+            return
         PublicKey(Scheme.ED25519, host_public_key).verify(
-            Signature(Scheme.ED25519, self.signature), self.message()
+            Signature(Scheme.ED25519, signature), message
         )
+        if checked is not None:
+            checked.add(memo)
 
     @classmethod
-    def from_wire(cls, value: object) -> Receipt:
-        """Check a decoded receipt field by field (`DecodeError`); no signature check."""
-        fields = as_array(value, "receipt", length=13)
-        expect_header(fields, RECEIPT_TAG, VERSION, "receipt")
-        expert = fields[4]
-        if not isinstance(expert, str) or len(expert) != 64:
-            raise RemoteProtocolError("receipt: expert must be a 64-hex-digit id")
-        return cls(
-            as_bytes(fields[2], "receipt channel", size=32),
-            as_int(fields[3], "receipt seq", lo=0, hi=MAX_COUNT),
-            expert,
-            as_bytes(fields[5], "receipt request hash", size=DIGEST_BYTES),
-            as_bytes(fields[6], "receipt output hash", size=DIGEST_BYTES),
-            as_int(fields[7], "receipt tokens_in", lo=0, hi=MAX_COUNT),
-            as_int(fields[8], "receipt tokens_out", lo=0, hi=MAX_COUNT),
-            as_int(fields[9], "receipt price", lo=0, hi=MAX_COUNT),
-            as_int(fields[10], "receipt cost", lo=0, hi=MAX_COUNT),
-            as_int(fields[11], "receipt charged", lo=0, hi=MAX_COUNT),
-            as_bytes(fields[12], "receipt signature", size=64),
-        )
+    def from_wire(cls, value: object, seal: Seal | None = None) -> Receipt:
+        """Check a decoded receipt field by field (`DecodeError`); no seal check."""
+        return cls(*_fields(value), seal)
+
+    @classmethod
+    def from_evidence(cls, value: object) -> Receipt:
+        """A kept receipt (`evidence`) back, its seal still to check (`verify`)."""
+        kept = as_array(value, "kept receipt", max_len=5)
+        if len(kept) == 1:
+            return cls.from_wire(kept[0])
+        if len(kept) != 5:
+            raise DecodeError("kept receipt: expected 1 or 5 fields")
+        size = as_int(kept[3], "seal size", lo=1, hi=MAX_SEALED)
+        position = as_int(kept[2], "seal position", lo=0, hi=size - 1)
+        hashes = as_array(kept[4], "seal path", max_len=_depth(size))
+        path = tuple(as_bytes(h, "seal path hash", size=TREE_BYTES) for h in hashes)
+        signature = as_bytes(kept[1], "seal signature", size=64)
+        return cls.from_wire(kept[0], Seal(signature, position, size, path))
+
+
+def seal_message(size: int, root: bytes) -> bytes:
+    return SEAL_DOMAIN + size.to_bytes(4, "big") + root
+
+
+def seal_receipts(receipts: Sequence[Receipt], sign: Callable[[bytes], bytes]) -> dict[str, Any]:
+    """A frame's receipts and their seal (`sign`: the provider's host key's signature)."""
+    levels = _tree([r.leaf() for r in receipts])
+    return {
+        "receipts": [r.to_wire() for r in receipts],
+        "seal": sign(seal_message(len(receipts), levels[-1][0])),
+    }
+
+
+def open_receipts(items: list[Any], signature: bytes) -> list[Receipt]:
+    """A sealed frame's receipts (`seal_receipts`), each with its own proof of the seal, still
+    to be checked (`Receipt.verify`). Raises `RemoteProtocolError` for a malformed one: the
+    seal covers them all, so no receipt of such a frame can be checked."""
+    if not 0 < len(items) <= MAX_SEALED:
+        raise RemoteProtocolError(f"receipts: 1..{MAX_SEALED} under one seal")
+    signature = as_bytes(signature, "seal signature", size=64)
+    fields = [_fields(item) for item in items]
+    # (A checked item is the receipt's `to_wire`, so its leaf is read off it as it is.)
+    levels = _tree([_leaf(encode(item, types_checked=True)) for item in items])
+    size = len(items)
+    return [Receipt(*f, Seal(signature, i, size, _path(levels, i))) for i, f in enumerate(fields)]
+
+
+def _fields(value: object) -> _Fields:
+    """A receipt's fields but the seal, checked one by one (see `Receipt.to_wire`)."""
+    fields = as_array(value, "receipt", length=12)
+    expect_header(fields, RECEIPT_TAG, RECEIPT_VERSION, "receipt")
+    expert = fields[4]
+    if not isinstance(expert, str) or len(expert) != 64:
+        raise RemoteProtocolError("receipt: expert must be a 64-hex-digit id")
+    return (
+        as_bytes(fields[2], "receipt channel", size=32),
+        as_int(fields[3], "receipt seq", lo=0, hi=MAX_COUNT),
+        expert,
+        as_bytes(fields[5], "receipt request hash", size=DIGEST_BYTES),
+        as_bytes(fields[6], "receipt output hash", size=DIGEST_BYTES),
+        as_int(fields[7], "receipt tokens_in", lo=0, hi=MAX_COUNT),
+        as_int(fields[8], "receipt tokens_out", lo=0, hi=MAX_COUNT),
+        as_int(fields[9], "receipt price", lo=0, hi=MAX_COUNT),
+        as_int(fields[10], "receipt cost", lo=0, hi=MAX_COUNT),
+        as_int(fields[11], "receipt charged", lo=0, hi=MAX_COUNT),
+    )
+
+
+def _leaf(encoded: bytes) -> bytes:
+    return hashlib.blake2b(_LEAF + encoded, digest_size=TREE_BYTES).digest()
+
+
+def _node(left: bytes, right: bytes) -> bytes:
+    return hashlib.blake2b(b"\x01" + left + right, digest_size=TREE_BYTES).digest()
+
+
+def _tree(leaves: list[bytes]) -> list[list[bytes]]:
+    """Every level of the Merkle tree over `leaves`, the root's (one hash) last."""
+    levels = [leaves]
+    while len(level := levels[-1]) > 1:
+        up = [_node(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            up.append(level[-1])  # carried up: an odd node is not paired with itself
+        levels.append(up)
+    return levels
+
+
+def _path(levels: list[list[bytes]], index: int) -> tuple[bytes, ...]:
+    path = []
+    for level in levels[:-1]:
+        sibling = index ^ 1
+        if sibling < len(level):
+            path.append(level[sibling])
+        index //= 2
+    return tuple(path)
+
+
+def _depth(size: int) -> int:
+    return (size - 1).bit_length()
+
+
+def _root_of(leaf: bytes, index: int, size: int, path: tuple[bytes, ...]) -> bytes:
+    """The root that `path` leads to from leaf `index` of `size` (`_path`, walked up)."""
+    if not 0 <= index < size <= MAX_SEALED:
+        raise RemoteProtocolError("seal: position out of range")
+    node, rest = leaf, iter(path)
+    try:
+        while size > 1:
+            if index % 2:
+                node = _node(next(rest), node)
+            elif index + 1 < size:
+                node = _node(node, next(rest))
+            index, size = index // 2, (size + 1) // 2
+    except StopIteration:
+        raise RemoteProtocolError("seal: path too short") from None
+    if next(rest, None) is not None:
+        raise RemoteProtocolError("seal: path too long")
+    return node
 
 
 # -- /swarm/market/1.0.0 ------------------------------------------------------------------

@@ -4,11 +4,12 @@ Two 2-node meshes (`swarm-node mesh`) side by side, the same setup: node-0 a dae
 process serving the built-in ffn64 expert, node-1 run in this process (its data dir, its
 credits) making remote calls through the client API `swarm-node infer` uses. One mesh serves
 free (`--free`: the unpaid reference), the other for pay: every call then carries an IOU on a
-payment channel, and node-0 checks it, stores it with the charge and signs a receipt that
-node-1 checks and stores. The channel is opened by the first paid call (timed apart, as
-`channel_open_s`) and is not on the measured calls' path. The sequential calls go to the two
-meshes in turns of 50, so that the load of the shared machine, as it drifts, weighs on both
-alike; the calls per second (16 callers) are measured one mesh after the other.
+payment channel, and node-0 checks it, stores it with the charge and makes a receipt that
+node-1 checks (one seal per frame of receipts) and stores. The channel is opened by the
+first paid call (timed apart, as `channel_open_s`) and is not on the measured calls' path.
+The sequential calls go to the two meshes in turns of 50, so that the load of the shared
+machine, as it drifts, weighs on both alike; the calls per second (16 callers) are measured
+one mesh after the other.
 
 Settlement: rounds of paid calls, each ended by node-0's `market settle` (as the daemon does
 on its own before a channel's expiry); the time from the round's last answer until the

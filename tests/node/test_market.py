@@ -97,10 +97,10 @@ class Market:
         self._paid: dict[int, Paid] = {}  # checked receipts, by seq
         self._came = trio.Event()
 
-    def on_receipts(self, peer: str, items: list[Any]) -> None:
+    def on_receipts(self, peer: str, items: list[Any], seal: bytes) -> None:
         """What the client's market does with receipts that come: check and keep them."""
         if self.keep_receipts:
-            self.purse.receipts(peer, items)
+            self.purse.receipts(peer, items, seal)
             self.check()
 
     def check(self) -> None:
@@ -395,7 +395,12 @@ async def test_receipts_signed_together_go_together_in_a_frame_of_their_own(
     async def receipts() -> list[int]:
         frame = await framed.receive()
         assert frame is not None and frame["t"] == "receipts"
-        return [mw.Receipt.from_wire(r).seq for r in frame["receipts"]]
+        sealed = mw.open_receipts(frame["receipts"], frame["seal"])
+        checked: set[bytes] = set()
+        for receipt in sealed:
+            receipt.verify(HOST.public_key.raw, checked)
+        assert len(checked) == 1  # one seal for the frame
+        return [r.seq for r in sealed]
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -418,25 +423,31 @@ def test_a_receipt_that_comes_before_its_answer_is_counted_is_kept_for_it(
     market = Market(tmp_path)
     purse, till = market.purse, market.till
 
-    def served(i: int) -> tuple[Any, wire.ArrayResult, list[Any]]:
+    def served(i: int) -> tuple[Any, wire.ArrayResult, dict[str, Any]]:
         ticket = purse.reserve(market.channel, "provider", _request(i), PRICE)
         assert ticket is not None
         request = replace(_request(i), pay=purse.sign(ticket))
         admitted = till.admit("caller", request)
         result = wire.ArrayResult(i, FFN.expert_id, 1, 64, bytes(256), 1, 1, 5)
         till.charge(admitted, request, result)
-        return ticket, result, till.answered(admitted, request, result)
+        return ticket, result, till.seal([till.answered(admitted, request, result)])
 
-    ticket, result, receipt = served(1)
-    assert purse.receipts("provider", [receipt]) == 0  # its answer is not counted yet
+    def deliver(provider: str, frame: dict[str, Any]) -> int:
+        return purse.receipts(provider, frame["receipts"], frame["seal"])
+
+    ticket, result, frame = served(1)
+    assert deliver("provider", frame) == 0  # its answer is not counted yet
     assert purse.record(ticket, result) == 2 * PRICE
     (paid,) = purse.check()
     assert paid.receipt.seq == 1 and not paid.disputed and purse.awaiting() == 0
-    ticket, result, receipt = served(2)
+    ticket, result, frame = served(2)
     purse.record(ticket, result)
     assert purse.awaiting() == 1
-    assert purse.receipts("mallory", [receipt]) == 0  # another provider's stream: not its
-    assert purse.receipts("provider", [["not", "a receipt"], receipt]) == 1
+    assert deliver("mallory", frame) == 0  # another provider's stream: not its
+    # A malformed receipt spoils its frame (the seal covers it): none of it is read.
+    broken = {**frame, "receipts": [["not", "a receipt"], *frame["receipts"]]}
+    assert deliver("provider", broken) == 0 and purse.awaiting() == 1
+    assert deliver("provider", frame) == 1
     (paid,) = purse.check()
     assert paid.receipt.seq == 2 and purse.awaiting() == 0
     assert [r["seq"] for r in purse.store.receipts("client")] == [2, 1]

@@ -17,7 +17,7 @@ CHANNEL = bytes(range(32))
 
 
 def mw_body(receipt: mw.Receipt) -> bytes:
-    return encode(receipt.to_wire())
+    return encode(receipt.evidence())
 
 
 def journaled(path: Path) -> bool:
@@ -26,12 +26,12 @@ def journaled(path: Path) -> bool:
 
 
 def receipt(seq: int) -> mw.Receipt:
-    return mw.Receipt(CHANNEL, seq, "e" * 64, b"r" * 32, b"o" * 32, 1, 1, 10, 20, 20 * seq, b"s")
+    return mw.Receipt(CHANNEL, seq, "e" * 64, b"r" * 16, b"o" * 16, 1, 1, 10, 20, 20 * seq)
 
 
 def test_a_charge_is_kept_until_its_receipt_replaces_it_across_a_kill(tmp_path: Path) -> None:
     path = tmp_path / "market.sqlite"
-    charge = replace(receipt(1), request_hash=b"", output_hash=b"", signature=b"")
+    charge = replace(receipt(1), request_hash=b"", output_hash=b"")
 
     def bodies(store: MarketStore) -> list[tuple[int, int]]:
         store.flush()
@@ -45,7 +45,7 @@ def test_a_charge_is_kept_until_its_receipt_replaces_it_across_a_kill(tmp_path: 
     # A kill -9 now: the journal holds both charges and the one receipt, in that order.
     kill_store(store)
     again = MarketStore.open(path)
-    assert bodies(again) == [(1, len(mw_body(receipt(1)))), (2, 0)]  # seq 2's never signed
+    assert bodies(again) == [(1, len(mw_body(receipt(1)))), (2, 0)]  # seq 2's never made
     assert again.tokens_today("provider") == 4  # both charges count
     again.record_served("peer", b"c" * 32, receipt(2), None)
     assert bodies(again) == [(1, len(mw_body(receipt(1)))), (2, len(mw_body(receipt(2))))]

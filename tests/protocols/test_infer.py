@@ -173,14 +173,26 @@ def test_counts_out_of_range_or_of_another_type_are_refused_by_name(key: str, va
 
 
 @pytest.mark.parametrize(
-    "receipts", [None, [], "receipt", {"a": 1}, [["r"]] * (wire.MAX_RECEIPTS + 1)]
+    ("key", "value"),
+    [
+        ("receipts", None),
+        ("receipts", []),
+        ("receipts", "receipt"),
+        ("receipts", {"a": 1}),
+        ("receipts", [["r"]] * (wire.MAX_RECEIPTS + 1)),
+        ("seal", None),
+        ("seal", "s"),
+        ("seal", b"s" * (wire.MAX_SEAL_BYTES + 1)),
+    ],
 )
-def test_a_frame_of_receipts_with_none_or_too_many_is_refused(receipts: Any) -> None:
-    body: dict[str, Any] = {"t": "receipts", "v": wire.VERSION}
-    assert wire.decode_receipts({**body, "receipts": [["r"]]}, peer="p") == [["r"]]
-    if receipts is not None:
-        body["receipts"] = receipts
-    with pytest.raises(RemoteProtocolError, match="receipts"):
+def test_a_frame_of_receipts_with_none_too_many_or_no_seal_is_refused(key: str, value: Any) -> None:
+    body: dict[str, Any] = {"t": "receipts", "v": wire.VERSION, "receipts": [["r"]], "seal": b"s"}
+    assert wire.decode_receipts(body, peer="p") == ([["r"]], b"s")
+    if value is None:
+        del body[key]
+    else:
+        body[key] = value
+    with pytest.raises(RemoteProtocolError, match=key):
         wire.decode_receipts(body, peer="p")
 
 
@@ -194,20 +206,22 @@ async def test_a_malformed_receipts_frame_fails_the_calls_on_the_stream() -> Non
         async with trio.open_nursery() as nursery:
             got: list[Any] = []
             channel = InferChannel(
-                "provider", open_stream, nursery, on_receipts=lambda p, r: got.append(r)
+                "provider", open_stream, nursery, on_receipts=lambda *frame: got.append(frame)
             )
             provider_side = FramedStream(theirs, wire.MAX_FRAME)
 
             async def answer() -> None:
                 body = await provider_side.receive_required()
+                receipts = {"t": "receipts", "v": wire.VERSION, "receipts": [["r1"]], "seal": b"s"}
+                await provider_side.send(receipts)  # (read by the call, and handed on)
                 result = wire.ArrayResult(body["id"], FFN.expert_id, 1, 1, bytes(4), 1, 1, 1)
-                await provider_side.send({**result.encode(), "receipts": [["r1"]]})
+                await provider_side.send(result.encode())
                 await provider_side.receive_required()
-                await provider_side.send({"t": "receipts", "v": wire.VERSION, "receipts": "no"})
+                await provider_side.send({**receipts, "receipts": "no"})
 
             nursery.start_soon(answer)
             await channel.call(tensor(1, np.zeros((1, 64))))
-            assert got == [[["r1"]]]  # an answer's receipts go to the market
+            assert got == [("provider", [["r1"]], b"s")]  # a frame's receipts go to the market
             with pytest.raises(RemoteProtocolError, match="receipts must be an array"):
                 await channel.call(tensor(2, np.zeros((1, 64))))
             nursery.cancel_scope.cancel()
