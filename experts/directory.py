@@ -20,6 +20,9 @@ Routing score (`rank`, lower is better), in seconds of expected time to a good a
   number of failures before a success; each costs `FAILURE_COST_S` (a timeout or retry),
   far above a call's latency, so a failing provider sinks below every healthy one.
 - A "busy" answer counts as `BUSY_WEIGHT` of a failure: the peer is alive but full.
+- A disputed receipt (`dispute`: the provider billed more than we counted, or its receipt
+  was not its own or never came) adds `DISPUTE_WEIGHT` failures: the answer came, but the
+  provider is not to be trusted with the next call.
 - `credit_s` says how many seconds one credit per 1,000 tokens is worth; offers above
   `max_price` are never ranked at all.
 """
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 Kind = Literal["tensor", "generator"]
@@ -37,6 +40,7 @@ Kind = Literal["tensor", "generator"]
 FAILURE_COST_S = 0.05
 DECAY = 0.8
 BUSY_WEIGHT = 0.5
+DISPUTE_WEIGHT = 2.0
 LATENCY_ALPHA = 0.3
 DEFAULT_CREDIT_S = 0.0001
 # Bounds on memory, whatever the gossip brings: a sybil flood fills these and stops.
@@ -95,6 +99,10 @@ class Stats:
             self.failed + (not ok and not (busy or refused)),
             self.refused + (busy or refused),
         )
+
+    def after_dispute(self) -> Stats:
+        """These stats with a disputed receipt folded in (its call was counted already)."""
+        return replace(self, fail=self.fail + DISPUTE_WEIGHT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,8 +225,15 @@ class Directory:
     ) -> None:
         """Fold the outcome of one call we made into that provider's stats for the expert."""
         key = (provider, expert_id)
-        stats = self._stats.pop(key, None) or Stats()
-        self._stats[key] = stats.after(ok, latency_s, busy, refused)
+        self._put(key, (self._stats.pop(key, None) or Stats()).after(ok, latency_s, busy, refused))
+
+    def dispute(self, provider: str, expert_id: str) -> None:
+        """We dispute the receipt of an answer of `provider`'s (see the module doc)."""
+        key = (provider, expert_id)
+        self._put(key, (self._stats.pop(key, None) or Stats()).after_dispute())
+
+    def _put(self, key: tuple[str, str], stats: Stats) -> None:
+        self._stats[key] = stats  # (put back last: the least recently recorded go first)
         if len(self._stats) > self._max_stats:
             del self._stats[next(iter(self._stats))]
 

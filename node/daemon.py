@@ -196,6 +196,7 @@ def build_node(config: NodeConfig, *, wall_clock: Callable[[], float] = time.tim
         wall_clock=wall_clock,
         payer=market,
     )
+    market.on_dispute = expert_service.directory.dispute
     return Node(
         config=config,
         keys=keys,

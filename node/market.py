@@ -112,6 +112,8 @@ class Market:
         self._came = trio.Event()  # receipts came (for `check_receipts` with a wait)
         self._arrived: list[tuple[str, list[Any], bytes]] = []  # frames of receipts, not read
         self._checking = trio.Lock()  # one batch of receipts checked at a time, in order
+        # Told of each disputed receipt (provider, expert): routing ranks the provider down.
+        self.on_dispute: Callable[[str, str], None] = lambda provider, expert: None
         self._nursery: trio.Nursery | None = None
         # A channel this near its expiry takes no more calls (twice the provider's margin).
         self._margin_ms = 2 * int(config.settle_margin_s * 1000)
@@ -360,11 +362,11 @@ class Market:
                 disputes = await trio.to_thread.run_sync(self.purse.judge, batch)
                 self._report(self.purse.keep(batch, disputes))
 
-    @staticmethod
-    def _report(done: list[Paid]) -> None:
+    def _report(self, done: list[Paid]) -> None:
         for paid in done:
             if paid.disputed:
                 log.warning("receipt %s disputed: %s", paid.receipt.seq, paid.disputed)
+                self.on_dispute(paid.provider, paid.receipt.expert)
 
     def unpaid(self, ticket: object, error: BaseException) -> None:
         assert isinstance(ticket, PayTicket)

@@ -73,6 +73,7 @@ class Paid:
     cost_milli: int
     receipt: mw.Receipt
     disputed: str
+    provider: str
 
 
 # A counted answer whose receipt is still to check: (ticket, result, receipt, our token count,
@@ -274,7 +275,10 @@ class Purse:
         ]
         if rows:
             self.store.record_many(rows)
-        return [Paid(item[4], item[2], d) for item, d in zip(batch, disputes, strict=True)]
+        return [
+            Paid(item[4], item[2], d, item[0].provider)
+            for item, d in zip(batch, disputes, strict=True)
+        ]
 
     def _dispute(
         self,

@@ -171,6 +171,20 @@ def test_busy_sinks_a_provider_less_than_a_failure() -> None:
     assert names(d.rank(now_ms=0)) == ["busy", "failed"]
 
 
+def test_a_disputed_receipt_sinks_a_provider_more_than_a_failed_call() -> None:
+    d = Directory()
+    for p in ("disputed", "failed", "steady"):
+        put(d, p)
+        d.record(p, E1, True, 0.001)
+    d.record("failed", E1, False, 0.001)
+    d.dispute("disputed", E1)
+    assert names(d.rank(now_ms=0)) == ["steady", "failed", "disputed"]
+    stats = d.stats("disputed", E1)
+    assert stats is not None and stats.calls == 1  # the call itself was counted when answered
+    d.dispute("never-called", E1)  # (a receipt outliving its stats: counted afresh)
+    assert (s := d.stats("never-called", E1)) is not None and s.success_rate < 1.0
+
+
 def test_an_untried_provider_ranks_level_with_a_typical_one_and_cannot_bid_itself_up() -> None:
     d = Directory()
     put(d, "new", offer(latency_us=1))  # advertises 1 us: not believed over measurements

@@ -20,6 +20,7 @@ from dag.errors import SwarmError
 from dag.kinds import default_registry
 from dag.tx import Transaction
 from node.daemon import MARKET_STORE, Node
+from node.market_provider import Ticket
 from node.market_store import MarketStore
 from protocols import ids
 from protocols import infer_wire as wire
@@ -257,6 +258,52 @@ async def test_a_quote_over_the_callers_price_ceiling_is_not_paid(tmp_path: Path
             assert all(s["failed"] == 0 and s["refused"] == 0 for s in stats.values())
             answer = await infer.tensor(ffn, rows, max_price=4 * PRICE, deadline_s=30)
             assert answer.cost_milli == 2 * 4 * PRICE
+
+
+async def test_a_provider_whose_receipt_is_disputed_is_routed_around(tmp_path: Path) -> None:
+    # Two providers of the same expert; the one routing picks first claims more than it
+    # served. Its receipt is disputed, and the next call goes to the other one.
+    dirs = make_node_dirs(
+        tmp_path,
+        3,
+        scheme=Scheme.ED25519,
+        hosts=[["ffn64"], [], ["ffn64"]],
+        paid=[True, False, True],
+    )
+    settings = {"channel_lifetime_s": LIFETIME_S, "settle_margin_s": MARGIN_S}
+    with trio.fail_after(90):
+        async with running_nodes(dirs, wall_clock=Clock(), market=settings) as nodes:
+            await connect_all(nodes)
+            client = nodes[1]
+            ffn = ffn_of(nodes[0])
+            assert ffn == ffn_of(nodes[2])
+            directory = client.experts.directory
+
+            def ranked() -> list[str]:
+                now = int(time.time() * 1000)
+                return [x.provider for x in directory.rank(expert_id=ffn, now_ms=now)]
+
+            while len(ranked()) < 2:
+                await client.experts.directory_changed()
+            dishonest = next(n for n in nodes if n.peer_id == ranked()[0])
+            honest_charge = dishonest.market.till.charge
+
+            def inflated(ticket: object, request: wire.Request, result: wire.Result) -> None:
+                honest_charge(ticket, request, result)  # (and its receipt claims more)
+                assert isinstance(ticket, Ticket) and ticket.charge is not None
+                ticket.charge = ticket.charge._replace(cost_milli=ticket.charge.cost_milli + 1)
+
+            dishonest.market.till.charge = inflated  # type: ignore[method-assign]
+            rows = np.ones((1, 64), np.float32)
+            infer = client.experts.inference
+            first = await infer.tensor(ffn, rows, deadline_s=30, remote_only=True)
+            assert first.provider == dishonest.peer_id
+            await client.market.check_receipts(wait_s=10)
+            (kept,) = client.market.store.receipts("client")
+            assert "receipt claims" in kept["disputed"]
+            assert ranked()[0] != dishonest.peer_id
+            again = await infer.tensor(ffn, rows, deadline_s=30, remote_only=True)
+            assert again.provider != dishonest.peer_id and again.cost_milli == 2 * PRICE
 
 
 async def test_bad_market_requests_are_refused_and_change_nothing(
