@@ -49,6 +49,7 @@ from bench_inference import (  # noqa: E402  (this script's own directory)
 
 from node.client import Client  # noqa: E402
 from node.daemon import Node  # noqa: E402
+from node.logs import setup_logging  # noqa: E402
 from node.mesh import Mesh, stop_pids  # noqa: E402
 from tests.factory import running_nodes  # noqa: E402
 
@@ -168,6 +169,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=7, help="settlement rounds")
     args = parser.parse_args()
+    # As a daemon logs: warnings of ours, and not py-libp2p's churn (a connection coming in
+    # while node-1 stops is logged with a traceback otherwise).
+    setup_logging(level="warning")
     both = run(args.calls, args.concurrency, args.rounds)
     unpaid, paid = both["unpaid"], both["paid"]
     result = {
