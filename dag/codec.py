@@ -155,5 +155,5 @@ def expect_header(fields: list[Any], tag: str, version: int, what: str) -> None:
     """Check the type tag and version that open every message."""
     if fields[0] != tag:
         raise DecodeError(f"{what}: type tag {fields[0]!r} is not {tag!r}")
-    if fields[1] != version:
+    if type(fields[1]) is not int or fields[1] != version:  # (2.0 is not canonical)
         raise DecodeError(f"{what}: version {fields[1]!r} is not supported (want {version})")

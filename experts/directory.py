@@ -20,9 +20,9 @@ Routing score (`rank`, lower is better), in seconds of expected time to a good a
   number of failures before a success; each costs `FAILURE_COST_S` (a timeout or retry),
   far above a call's latency, so a failing provider sinks below every healthy one.
 - A "busy" answer counts as `BUSY_WEIGHT` of a failure: the peer is alive but full.
-- A disputed receipt (`dispute`: the provider billed more than we counted, or its receipt
-  was not its own or never came) adds `DISPUTE_WEIGHT` failures: the answer came, but the
-  provider is not to be trusted with the next call.
+- A wrong receipt (`dispute`: the provider billed more than we counted, or sent a receipt
+  that is not its own or names another call) adds `DISPUTE_WEIGHT` failures: the answer
+  came, but the provider is not to be trusted with the next call.
 - `credit_s` says how many seconds one credit per 1,000 tokens is worth; offers above
   `max_price` are never ranked at all.
 """

@@ -156,7 +156,8 @@ def build_node(config: NodeConfig, *, wall_clock: Callable[[], float] = time.tim
     )
     account_of = _account_of(peers)
     floor = config.experts.price_per_1k
-    # The host key signs every receipt: through libsodium directly, not libp2p's wrapper.
+    # The host key seals every frame of receipts: through libsodium directly, not libp2p's
+    # wrapper.
     host_key = SigningKey(Scheme.ED25519, keys.host.private_key.to_bytes())
     assert host_key.public_key.raw == keys.host.public_key.to_bytes()
 
@@ -225,7 +226,7 @@ def _account_of(peers: PeerTable) -> Callable[[str], bytes | None]:
 
 @functools.lru_cache(maxsize=1024)
 def _host_key_of(peer: str) -> bytes | None:
-    """A peer's host key (Ed25519, raw), from its peer id: what signs its receipts."""
+    """A peer's host key (Ed25519, raw), from its peer id: what seals its receipts."""
     try:
         key = ID.from_base58(peer).extract_public_key()
     except ValueError:

@@ -112,7 +112,7 @@ class Market:
         self._came = trio.Event()  # receipts came (for `check_receipts` with a wait)
         self._arrived: list[tuple[str, list[Any], bytes]] = []  # frames of receipts, not read
         self._checking = trio.Lock()  # one batch of receipts checked at a time, in order
-        # Told of each disputed receipt (provider, expert): routing ranks the provider down.
+        # Told of each wrong receipt (provider, the call's expert): routing ranks it down.
         self.on_dispute: Callable[[str, str], None] = lambda provider, expert: None
         self._nursery: trio.Nursery | None = None
         # A channel this near its expiry takes no more calls (twice the provider's margin).
@@ -359,14 +359,15 @@ class Market:
             # Shielded: a batch taken off the queue is kept, even by a node that is stopping.
             with trio.CancelScope(shield=True):
                 # The seals are checked beside the loop (libsodium lets go of the GIL).
-                disputes = await trio.to_thread.run_sync(self.purse.judge, batch)
-                self._report(self.purse.keep(batch, disputes))
+                judged = await trio.to_thread.run_sync(self.purse.judge, batch)
+                self._report(self.purse.keep(batch, judged))
 
     def _report(self, done: list[Paid]) -> None:
         for paid in done:
             if paid.disputed:
                 log.warning("receipt %s disputed: %s", paid.receipt.seq, paid.disputed)
-                self.on_dispute(paid.provider, paid.receipt.expert)
+            if paid.blame:
+                self.on_dispute(paid.provider, paid.expert)
 
     def unpaid(self, ticket: object, error: BaseException) -> None:
         assert isinstance(ticket, PayTicket)

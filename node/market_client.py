@@ -35,6 +35,7 @@ from protocols import market_wire as mw
 
 log = logging.getLogger("swarm.market")
 RECEIPT_GIVE_UP_S = 60.0  # an answer whose receipt has not come by then is kept without one
+MAX_EARLY = 16_384  # receipts kept for answers not counted yet (beyond: the oldest go)
 
 
 @dataclass
@@ -68,12 +69,16 @@ class PayTicket:
 
 @dataclass(frozen=True, slots=True)
 class Paid:
-    """What one answer cost, by the client's count, and whether the receipt agreed."""
+    """What one answer cost, by the client's count, and whether the receipt agreed (`blame`:
+    the provider sent a receipt that is wrong, not one that is missing or that we could not
+    check)."""
 
     cost_milli: int
     receipt: mw.Receipt
     disputed: str
     provider: str
+    expert: str  # the call's (a wrong receipt may name another)
+    blame: bool
 
 
 # A counted answer whose receipt is still to check: (ticket, result, receipt, our token count,
@@ -97,8 +102,8 @@ class Purse:
         # And those whose receipts came, which `check` has still to check and keep.
         self._unchecked: list[_Unchecked] = []
         # Receipts that came before their answers were counted (the stream's reader got to
-        # them before the call's task ran on): (receipt, provider, when it came).
-        self._early: dict[tuple[bytes, int], tuple[mw.Receipt, str, float]] = {}
+        # them before the call's task ran on), by (provider, channel, seq): (receipt, when).
+        self._early: dict[tuple[str, bytes, int], tuple[mw.Receipt, float]] = {}
         for row in store.channels(role="client", state="open"):
             self.adopt(row)
 
@@ -175,8 +180,8 @@ class Purse:
         ours = mw.cost_milli(tokens, ticket.price)
         channel.owed_milli += ours
         entry = (ticket, result, tokens, ours, channel.owed_milli, time.monotonic())
-        early = self._early.pop((channel.id, ticket.seq), None)
-        if early is not None and early[1] == ticket.provider:
+        early = self._early.pop((ticket.provider, channel.id, ticket.seq), None)
+        if early is not None:
             self._queue(entry, early[0])
         else:
             self._awaiting[(channel.id, ticket.seq)] = entry
@@ -198,7 +203,9 @@ class Purse:
             entry = self._awaiting.get(key)
             if entry is None or entry[0].provider != provider:
                 # Its answer is not counted yet, or never will be (its call gave up).
-                self._early[key] = (receipt, provider, time.monotonic())
+                self._early[(provider, *key)] = (receipt, time.monotonic())
+                if len(self._early) > MAX_EARLY:
+                    del self._early[next(iter(self._early))]
                 continue
             del self._awaiting[key]
             self._queue(entry, receipt)
@@ -222,9 +229,9 @@ class Purse:
         """Answers whose receipts have not come; those waiting longer than
         `RECEIPT_GIVE_UP_S` are queued for `check` without one (kept disputed)."""
         late = time.monotonic() - RECEIPT_GIVE_UP_S
-        for key, (_, _, came) in list(self._early.items()):
+        for early, (_, came) in list(self._early.items()):
             if came < late:
-                del self._early[key]  # the answer to a call that gave up
+                del self._early[early]  # the answer to a call that gave up
         for key, entry in list(self._awaiting.items()):
             if entry[5] < late:
                 # Kept as an answer without a receipt: paid by our count, marked disputed.
@@ -258,26 +265,28 @@ class Purse:
         batch, self._unchecked = self._unchecked, []
         return batch
 
-    def judge(self, batch: list[_Unchecked]) -> list[str]:
-        """Each receipt's dispute, or "" (sealed by the provider's host key, the request and
-        answer it names, the tokens). Reads nothing but the batch: the market runs it in a
-        worker thread, where the seals are checked beside the loop."""
+    def judge(self, batch: list[_Unchecked]) -> list[tuple[str, bool]]:
+        """Each receipt's (dispute or "", blame: see `Paid`): sealed by the provider's host
+        key, the request and answer it names, the tokens. Reads nothing but the batch: the
+        market runs it in a worker thread, where the seals are checked beside the loop."""
         checked: set[bytes] = set()  # the seals checked: each frame's, once
         return [self._dispute(*item[:5], checked) for item in batch]
 
-    def keep(self, batch: list[_Unchecked], disputes: list[str]) -> list[Paid]:
+    def keep(self, batch: list[_Unchecked], judged: list[tuple[str, bool]]) -> list[Paid]:
         """Store the judged receipts in one transaction. A receipt that claims more than we
         counted, or is not the provider's, is kept marked disputed; we paid by our own count
         either way."""
         rows = [
             (ticket.provider, ticket.channel.terms.provider, receipt, owed, disputed)
-            for (ticket, _, receipt, _, _, owed), disputed in zip(batch, disputes, strict=True)
+            for (ticket, _, receipt, _, _, owed), (disputed, _) in zip(batch, judged, strict=True)
         ]
         if rows:
             self.store.record_many(rows)
         return [
-            Paid(item[4], item[2], d, item[0].provider)
-            for item, d in zip(batch, disputes, strict=True)
+            Paid(ours, receipt, disputed, ticket.provider, ticket.request.expert, blame)
+            for (ticket, _, receipt, _, ours, _), (disputed, blame) in zip(
+                batch, judged, strict=True
+            )
         ]
 
     def _dispute(
@@ -288,28 +297,29 @@ class Purse:
         tokens: int,
         ours: int,
         checked: set[bytes],
-    ) -> str:
+    ) -> tuple[str, bool]:
         if receipt.seal is None:
-            return f"no receipt came within {RECEIPT_GIVE_UP_S:.0f} s"
+            # (Not the provider's fault, as far as we know: receipts owed on a stream that
+            # broke, even by our own doing, never come.)
+            return f"no receipt came within {RECEIPT_GIVE_UP_S:.0f} s", False
         host_key = self._host_key_of(ticket.provider)
+        if host_key is None:
+            return "not checked: no host key is known for the provider", False
         try:
-            if host_key is None:
-                raise RemoteProtocolError("no host key for the provider")
             receipt.verify(host_key, checked)
         except SwarmError as exc:
-            return f"not the provider's receipt: {exc}"
+            return f"not the provider's receipt: {exc}", True
         if receipt.channel_id != ticket.channel.id or receipt.expert != ticket.request.expert:
-            return "receipt for another channel or expert"
+            return "receipt for another channel or expert", True
         if receipt.request_hash != mw.request_digest(ticket.request):
-            return "receipt names another request"
+            return "receipt names another request", True
         if receipt.output_hash != mw.output_digest(result):
-            return "receipt names another answer"
+            return "receipt names another answer", True
         if receipt.cost_milli > ours or receipt.tokens_in + receipt.tokens_out > tokens:
-            return (
-                f"receipt claims {receipt.cost_milli / 1000:.3f} credits "
-                f"({receipt.tokens_in}+{receipt.tokens_out} tokens), we count {ours / 1000:.3f}"
-            )
-        return ""
+            claim = f"{receipt.cost_milli / 1000:.3f} credits"
+            counts = f"{receipt.tokens_in}+{receipt.tokens_out} tokens"
+            return f"receipt claims {claim} ({counts}), we count {ours / 1000:.3f}", True
+        return "", False
 
 
 def _our_counts(

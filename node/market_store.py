@@ -5,7 +5,7 @@ the receipts it got) and the provider (a row per charged answer, with the IOU th
 it, from which its channel's total and newest IOU are read). A provider appends the charge
 to a journal (`node.journal`: one `write`, where a commit writes pages of three B-trees to
 the log) before it sends the answer, so a kill -9 after answering loses nothing it could
-settle, and the signed receipt after it (the same row, whole); the rows reach the database
+settle, and the receipt after it (the same row, whole); the rows reach the database
 in batches (`flush`: the market does it every few tens of milliseconds, every read of
 receipts does it first, and `open` replays what a crash left).
 Calls are small and inline (WAL with synchronous=NORMAL does not sync on commit); the trio
@@ -256,10 +256,10 @@ class MarketStore:
     def record_charge(self, peer: str, client: bytes, charge: Any, iou: bytes | None) -> None:
         """A provider's charged call, journaled before its answer goes out: a receipts row
         with what settlement needs (the counts, and the IOU when it was checked before the
-        answer) and no signed receipt yet (`charge`: a receipt's fields but the hashes and
-        the signature, `node.market_provider.Charge`). `record_served` replaces it once the
-        receipt is signed; a crash in between leaves it, with an empty body: the charge
-        stands, the receipt was never sent."""
+        answer) and no receipt yet (`charge`: a receipt's fields but the hashes,
+        `node.market_provider.Charge`). `record_served` replaces it once the receipt is
+        made; a crash in between leaves it, with an empty body: the charge stands, the
+        receipt was never sent."""
         row = _receipt_row("provider", peer, client, charge, "", iou, b"", self._now_ms())
         self._journaled_row(row)
 

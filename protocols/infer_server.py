@@ -135,7 +135,8 @@ class _Outlet:
                     del self._receipts[: wire.MAX_RECEIPTS]
                     assert self._gate is not None  # (only a gate makes receipts)
                     sealed = self._gate.seal(receipts)
-                    await self._framed.send({"t": "receipts", "v": wire.VERSION, **sealed})
+                    body = {"t": "receipts", "v": wire.RECEIPTS_VERSION, **sealed}
+                    await self._framed.send(body)
         except (NetworkError, PeerTimeout) as exc:
             log.debug("could not send receipts: %s", exc)  # (each is stored: the provider's)
         finally:

@@ -24,7 +24,7 @@ receipt of a paid answer follows it (see `protocols.market_wire`): the provider 
 receipts made within `RECEIPT_DELAY_S` of `protocols.infer_server` together, on their own,
 under one signature:
 
- -> {"t": "receipts", "v": 1, "receipts": [receipt, ...], "seal": bytes}
+ -> {"t": "receipts", "v": 2, "receipts": [receipt, ...], "seal": bytes}
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ ERROR_CODES = (
 )
 MAX_PAY_BYTES = 256
 MAX_RECEIPTS = 4096  # receipts in one frame
-MAX_SEAL_BYTES = 4096  # (an Ed25519 seal has 64; room for a post-quantum one)
+MAX_SEAL_BYTES = 4096  # (the market checks the seal's size: an Ed25519 seal has 64)
+RECEIPTS_VERSION = 2  # of a "receipts" frame: 1 had a signature on each receipt, no seal
 
 
 def _paid(body: dict[str, Any], pay: bytes | None) -> dict[str, Any]:
@@ -286,6 +287,12 @@ def decode_receipts(body: dict[str, Any], *, peer: str) -> tuple[list[Any], byte
     (`protocols.market_wire.open_receipts`); None for any other frame."""
     if body["t"] != "receipts":
         return None
+    if body["v"] != RECEIPTS_VERSION:
+        raise RemoteProtocolError(
+            f"receipts version {body['v']} is not {RECEIPTS_VERSION}: "
+            "the provider runs another version of swarm-node",
+            peer=peer,
+        )
     receipts = body.get("receipts")
     if not isinstance(receipts, list) or not 0 < len(receipts) <= MAX_RECEIPTS:
         raise RemoteProtocolError(f"receipts must be an array of 1..{MAX_RECEIPTS}", peer=peer)

@@ -44,7 +44,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from dag.codec import as_array, as_bytes, as_int, encode, expect_header
+from dag.codec import Encodable, as_array, as_bytes, as_int, encode, expect_header
 from dag.crypto import PublicKey, Scheme, Signature
 from dag.errors import DecodeError, RemoteProtocolError
 from experts.tokens import count_tokens
@@ -167,14 +167,15 @@ class Receipt:
         return [self.to_wire(), signature, position, size, list(path)]
 
     def verify(self, host_public_key: bytes, checked: set[bytes] | None = None) -> None:
-        """Raise `InvalidSignature` (a `RemoteProtocolError`) unless the provider's host key
-        sealed this receipt. `checked` holds the seals already checked: a frame's receipts
-        share one, checked once."""
+        """Raise `RemoteProtocolError` unless the provider's host key sealed this receipt
+        (`InvalidSignature` for a seal that does not verify; else the receipt has no seal,
+        or its path does not fit its position and size). `checked` holds the seals already
+        checked: a frame's receipts share one, checked once."""
         if self.seal is None:
             raise RemoteProtocolError("the receipt is not sealed")
         signature, position, size, path = self.seal
         message = seal_message(size, _root_of(self.leaf(), position, size, path))
-        memo = host_public_key + signature + message
+        memo = host_public_key + signature + message  # (each part of a fixed size)
         if checked is not None and memo in checked:
             return
         PublicKey(Scheme.ED25519, host_public_key).verify(
@@ -225,8 +226,10 @@ def open_receipts(items: list[Any], signature: bytes) -> list[Receipt]:
         raise RemoteProtocolError(f"receipts: 1..{MAX_SEALED} under one seal")
     signature = as_bytes(signature, "seal signature", size=64)
     fields = [_fields(item) for item in items]
-    # (A checked item is the receipt's `to_wire`, so its leaf is read off it as it is.)
-    levels = _tree([_leaf(encode(item, types_checked=True)) for item in items])
+    # Each leaf from the checked fields, as `Receipt.leaf` makes it (not from the item as it
+    # came: the evidence kept is then canonical whatever the encoding that came).
+    head: list[Encodable] = [RECEIPT_TAG, RECEIPT_VERSION]
+    levels = _tree([_leaf(encode([*head, *f], types_checked=True)) for f in fields])
     size = len(items)
     return [Receipt(*f, Seal(signature, i, size, _path(levels, i))) for i, f in enumerate(fields)]
 

@@ -45,7 +45,7 @@ echo
 echo "== node-1: peers after the join"
 swarm peers --data-dir "$MESH_DIR/node-1"
 echo
-echo "== node-1: the usage receipts node-0 signed, and what node-1 measured of its providers"
+echo "== node-1: the usage receipts node-0 sealed, and what node-1 measured of its providers"
 swarm market receipts --data-dir "$MESH_DIR/node-1"
 swarm market providers --data-dir "$MESH_DIR/node-1"
 echo

@@ -14,6 +14,7 @@ import trio
 
 import experts
 from dag.channels import ChannelTerms, Iou, open_payload, settle_payload
+from dag.codec import decode
 from dag.crypto import Scheme, SigningKey
 from dag.kinds import default_registry
 from dag.ledger import Ledger
@@ -373,12 +374,12 @@ def test_the_client_day_limit_holds_across_calls(tmp_path: Path) -> None:
         market.till.admit("caller", replace(request, pay=_iou(market, 1, 2)))
 
 
-async def test_receipts_signed_together_go_together_in_a_frame_of_their_own(
+async def test_receipts_made_together_go_together_in_a_sealed_frame_of_their_own(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    # Each receipt is signed after its answer has gone; no answer carries one (its caller
-    # would wait for them). The receipts signed within RECEIPT_DELAY_S of the first go in
-    # one frame, that long after it.
+    # Each receipt is made after its answer has gone; no answer carries one (its caller
+    # would wait for them). The receipts made within RECEIPT_DELAY_S of the first go in
+    # one frame under one seal, that long after it.
     market = Market(tmp_path)
     host = ExpertHost([FFN], gate=market.till)
     ours, theirs = memory_stream_pair("caller", "provider")
@@ -451,6 +452,10 @@ def test_a_receipt_that_comes_before_its_answer_is_counted_is_kept_for_it(
     (paid,) = purse.check()
     assert paid.receipt.seq == 2 and purse.awaiting() == 0
     assert [r["seq"] for r in purse.store.receipts("client")] == [2, 1]
+    # Each kept receipt is proof on its own of what the provider sealed.
+    for (body,) in purse.store._conn.execute("SELECT body FROM receipts WHERE role = 'client'"):
+        kept = mw.Receipt.from_evidence(decode(body, max_bytes=len(body), what="kept"))
+        kept.verify(HOST.public_key.raw)
 
 
 def test_an_answer_whose_receipt_never_comes_is_kept_disputed_at_our_count(
@@ -468,6 +473,7 @@ def test_an_answer_whose_receipt_never_comes_is_kept_disputed_at_our_count(
     assert purse.awaiting() == 0
     (paid,) = purse.check()
     assert paid.disputed.startswith("no receipt came") and paid.cost_milli == 4 * PRICE
+    assert not paid.blame  # (a stream that broke loses receipts, whoever broke it)
     (kept,) = purse.store.receipts("client")
     assert kept["disputed"] == paid.disputed
     assert (kept["seq"], kept["tokens_in"], kept["tokens_out"]) == (1, 2, 2)
@@ -481,7 +487,7 @@ async def test_a_receipt_claiming_more_tokens_is_disputed_and_not_paid(tmp_path:
 
     def inflated(ticket: object, request: wire.Request, result: wire.Result) -> None:
         # A provider that bills one token more than it served, past its own reservation
-        # (and signs a receipt for that count).
+        # (and seals a receipt for that count).
         assert isinstance(result, wire.ArrayResult) and isinstance(ticket, Ticket)
         ticket.max_tokens += 1
         honest_charge(ticket, request, replace(result, tokens_out=result.tokens_out + 1))
@@ -492,6 +498,7 @@ async def test_a_receipt_claiming_more_tokens_is_disputed_and_not_paid(tmp_path:
         async with serving(host, market) as channel:
             paid = await _paid_call(market, channel, 1, rows=2)
             assert "we count 0.040" in paid.disputed and paid.cost_milli == 4 * PRICE
+            assert paid.blame and paid.expert == FFN.expert_id
             assert paid.receipt.cost_milli == 5 * PRICE
             # The provider's count is now above ours: our next IOU (0.04 + 0.96 = 1 credit)
             # cannot cover its 0.05 + 0.96.
@@ -501,7 +508,7 @@ async def test_a_receipt_claiming_more_tokens_is_disputed_and_not_paid(tmp_path:
     assert receipts[0]["disputed"] and market.channel.owed_milli == 4 * PRICE
 
 
-async def test_a_receipt_not_signed_by_the_provider_is_kept_disputed(tmp_path: Path) -> None:
+async def test_a_receipt_not_sealed_by_the_provider_is_kept_disputed(tmp_path: Path) -> None:
     market = Market(tmp_path)
     market.purse._host_key_of = lambda peer: SigningKey(Scheme.ED25519, b"\x08" * 32).public_key.raw
     host = ExpertHost([FFN], gate=market.till)
@@ -509,8 +516,39 @@ async def test_a_receipt_not_signed_by_the_provider_is_kept_disputed(tmp_path: P
         async with serving(host, market) as channel:
             paid = await _paid_call(market, channel, 1)
     assert "not the provider's receipt" in paid.disputed and "signature" in paid.disputed
+    assert paid.blame  # (routing counts it against the provider)
     (kept,) = market.purse.store.receipts("client")
     assert kept["disputed"] == paid.disputed
+
+
+def test_a_wrong_receipt_is_blamed_on_the_call_and_a_missing_host_key_on_no_one(
+    tmp_path: Path,
+) -> None:
+    market = Market(tmp_path)
+    purse, till = market.purse, market.till
+
+    def paid_for(i: int, change: dict[str, Any]) -> Paid:
+        ticket = purse.reserve(market.channel, "provider", _request(i), PRICE)
+        assert ticket is not None
+        request = replace(_request(i), pay=purse.sign(ticket))
+        admitted = till.admit("caller", request)
+        result = wire.ArrayResult(i, FFN.expert_id, 1, 64, bytes(256), 1, 1, 5)
+        till.charge(admitted, request, result)
+        receipt = replace(till.answered(admitted, request, result), **change)
+        frame = till.seal([receipt])
+        purse.record(ticket, result)
+        assert purse.receipts("provider", frame["receipts"], frame["seal"]) == 1
+        (paid,) = purse.check()
+        return paid
+
+    # A receipt naming another expert: the blame goes to the expert called, not the one named.
+    other = paid_for(1, {"expert": "ab" * 32})
+    assert other.disputed == "receipt for another channel or expert" and other.blame
+    assert other.expert == FFN.expert_id and other.provider == "provider"
+    assert not paid_for(2, {}).blame
+    purse._host_key_of = lambda peer: None  # (the provider's hello is no longer known)
+    unknown = paid_for(3, {})
+    assert unknown.disputed.startswith("not checked") and not unknown.blame
 
 
 async def test_a_provider_restarted_after_answering_settles_with_the_stored_iou(

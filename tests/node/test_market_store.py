@@ -41,7 +41,7 @@ def test_a_charge_is_kept_until_its_receipt_replaces_it_across_a_kill(tmp_path: 
     store = MarketStore.open(path)
     store.record_charge("peer", b"c" * 32, charge, b"iou")
     store.record_charge("peer", b"c" * 32, replace(charge, seq=2), None)
-    store.record_served("peer", b"c" * 32, receipt(1), b"iou")  # signed after the answer
+    store.record_served("peer", b"c" * 32, receipt(1), b"iou")  # made after the answer
     # A kill -9 now: the journal holds both charges and the one receipt, in that order.
     kill_store(store)
     again = MarketStore.open(path)

@@ -183,16 +183,22 @@ def test_counts_out_of_range_or_of_another_type_are_refused_by_name(key: str, va
         ("seal", None),
         ("seal", "s"),
         ("seal", b"s" * (wire.MAX_SEAL_BYTES + 1)),
+        ("v", 1),  # (receipts signed one by one, as swarm-node sent them before seals)
     ],
 )
 def test_a_frame_of_receipts_with_none_too_many_or_no_seal_is_refused(key: str, value: Any) -> None:
-    body: dict[str, Any] = {"t": "receipts", "v": wire.VERSION, "receipts": [["r"]], "seal": b"s"}
+    body: dict[str, Any] = {
+        "t": "receipts",
+        "v": wire.RECEIPTS_VERSION,
+        "receipts": [["r"]],
+        "seal": b"s",
+    }
     assert wire.decode_receipts(body, peer="p") == ([["r"]], b"s")
     if value is None:
         del body[key]
     else:
         body[key] = value
-    with pytest.raises(RemoteProtocolError, match=key):
+    with pytest.raises(RemoteProtocolError, match=key if key != "v" else "version 1 is not 2"):
         wire.decode_receipts(body, peer="p")
 
 
@@ -212,7 +218,12 @@ async def test_a_malformed_receipts_frame_fails_the_calls_on_the_stream() -> Non
 
             async def answer() -> None:
                 body = await provider_side.receive_required()
-                receipts = {"t": "receipts", "v": wire.VERSION, "receipts": [["r1"]], "seal": b"s"}
+                receipts = {
+                    "t": "receipts",
+                    "v": wire.RECEIPTS_VERSION,
+                    "receipts": [["r1"]],
+                    "seal": b"s",
+                }
                 await provider_side.send(receipts)  # (read by the call, and handed on)
                 result = wire.ArrayResult(body["id"], FFN.expert_id, 1, 1, bytes(4), 1, 1, 1)
                 await provider_side.send(result.encode())

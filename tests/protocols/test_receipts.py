@@ -70,9 +70,10 @@ def test_a_seal_proves_nothing_under_another_key_position_size_or_frame() -> Non
     assert r.seal is not None
     with pytest.raises(InvalidSignature):
         r.verify(OTHER.public_key.raw)
-    with pytest.raises(RemoteProtocolError):
+    # (The same shape of path at another position or size: it leads to another root.)
+    with pytest.raises(InvalidSignature):
         replace(r, seal=r.seal._replace(position=3)).verify(HOST.public_key.raw)
-    with pytest.raises(RemoteProtocolError):
+    with pytest.raises(InvalidSignature):
         replace(r, seal=r.seal._replace(size=6)).verify(HOST.public_key.raw)
     with pytest.raises(RemoteProtocolError, match="too short"):
         replace(r, seal=r.seal._replace(path=r.seal.path[:-1])).verify(HOST.public_key.raw)
@@ -114,6 +115,7 @@ def test_a_frame_reordered_or_with_a_receipt_swapped_in_fails_its_seal() -> None
         ([receipt(1).to_wire(), ["not", "a receipt"]], b"s" * 64, "receipt"),
         ([[*receipt(1).to_wire()[:2], b"c" * 31, *receipt(1).to_wire()[3:]]], b"s" * 64, "32"),
         ([[*receipt(1).to_wire()[:1], 1, *receipt(1).to_wire()[2:]]], b"s" * 64, "version"),
+        ([[*receipt(1).to_wire()[:1], 2.0, *receipt(1).to_wire()[2:]]], b"s" * 64, "version"),
     ],
 )
 def test_a_malformed_frame_of_receipts_is_refused_whole(
