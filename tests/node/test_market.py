@@ -418,20 +418,27 @@ async def test_receipts_made_together_go_together_in_a_sealed_frame_of_their_own
             nursery.cancel_scope.cancel()
 
 
+def _served(market: Market, i: int) -> tuple[Any, wire.ArrayResult, mw.Receipt]:
+    """A paid call of the client's, served by the till with no stream between: (the
+    client's ticket, the answer, the provider's receipt of it, not sealed yet)."""
+    ticket = market.purse.reserve(market.channel, "provider", _request(i), PRICE)
+    assert ticket is not None
+    request = replace(_request(i), pay=market.purse.sign(ticket))
+    admitted = market.till.admit("caller", request)
+    result = wire.ArrayResult(i, FFN.expert_id, 1, 64, bytes(256), 1, 1, 5)
+    market.till.charge(admitted, request, result)
+    return ticket, result, market.till.answered(admitted, request, result)
+
+
 def test_a_receipt_that_comes_before_its_answer_is_counted_is_kept_for_it(
     tmp_path: Path,
 ) -> None:
     market = Market(tmp_path)
-    purse, till = market.purse, market.till
+    purse = market.purse
 
     def served(i: int) -> tuple[Any, wire.ArrayResult, dict[str, Any]]:
-        ticket = purse.reserve(market.channel, "provider", _request(i), PRICE)
-        assert ticket is not None
-        request = replace(_request(i), pay=purse.sign(ticket))
-        admitted = till.admit("caller", request)
-        result = wire.ArrayResult(i, FFN.expert_id, 1, 64, bytes(256), 1, 1, 5)
-        till.charge(admitted, request, result)
-        return ticket, result, till.seal([till.answered(admitted, request, result)])
+        ticket, result, receipt = _served(market, i)
+        return ticket, result, market.till.seal([receipt])
 
     def deliver(provider: str, frame: dict[str, Any]) -> int:
         return purse.receipts(provider, frame["receipts"], frame["seal"])
@@ -525,17 +532,11 @@ def test_a_wrong_receipt_is_blamed_on_the_call_and_a_missing_host_key_on_no_one(
     tmp_path: Path,
 ) -> None:
     market = Market(tmp_path)
-    purse, till = market.purse, market.till
+    purse = market.purse
 
     def paid_for(i: int, change: dict[str, Any]) -> Paid:
-        ticket = purse.reserve(market.channel, "provider", _request(i), PRICE)
-        assert ticket is not None
-        request = replace(_request(i), pay=purse.sign(ticket))
-        admitted = till.admit("caller", request)
-        result = wire.ArrayResult(i, FFN.expert_id, 1, 64, bytes(256), 1, 1, 5)
-        till.charge(admitted, request, result)
-        receipt = replace(till.answered(admitted, request, result), **change)
-        frame = till.seal([receipt])
+        ticket, result, receipt = _served(market, i)
+        frame = market.till.seal([replace(receipt, **change)])
         purse.record(ticket, result)
         assert purse.receipts("provider", frame["receipts"], frame["seal"]) == 1
         (paid,) = purse.check()
