@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -586,7 +587,7 @@ async def test_a_client_restarted_before_keeping_receipts_resumes_from_the_provi
                 request = _request(i)
                 ticket = market.purse.reserve(market.channel, "provider", request, PRICE)
                 assert ticket is not None
-                result = await channel.call(request, pay=lambda t=ticket: market.purse.sign(t))
+                result = await channel.call(request, pay=partial(market.purse.sign, ticket))
                 market.purse.record(ticket, result)
             market.purse.store.close()  # a kill -9 of the client
             purse = Purse(
