@@ -101,7 +101,7 @@ class Stats:
         )
 
     def after_dispute(self) -> Stats:
-        """These stats with a disputed receipt folded in (its call was counted already)."""
+        """These stats with a wrong receipt folded in (its call was counted already)."""
         return replace(self, fail=self.fail + DISPUTE_WEIGHT)
 
 

@@ -358,7 +358,7 @@ class Market:
                 return
             # Shielded: a batch taken off the queue is kept, even by a node that is stopping.
             with trio.CancelScope(shield=True):
-                # The seals are checked beside the loop (libsodium lets go of the GIL).
+                # Judged beside the loop: a seal's check in libsodium lets go of the GIL.
                 judged = await trio.to_thread.run_sync(self.purse.judge, batch)
                 self._report(self.purse.keep(batch, judged))
 

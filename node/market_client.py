@@ -6,10 +6,10 @@ it (refused when the channel cannot pay: the caller opens another), `sign`s an I
 the client counts it owes plus every reservation, and `record`s the answer's cost by the
 client's own count of the tokens. Its receipt comes after the answer, in a frame of receipts
 under one seal (`receipts`), and is checked against the provider's host key (one signature
-check per frame), the request and answer it names, and that count. A
-receipt that claims more than the client counted is kept, marked disputed, and the client
-goes on paying by its own count; the provider can never claim more than the newest IOU,
-which names the client's count plus open reservations.
+check per frame), the request and answer it names, and that count. A receipt that claims
+more than the client counted is kept, marked disputed, and the client goes on paying by its
+own count; the provider can never claim more than the newest IOU, which names the client's
+count plus open reservations.
 
 While a call's answer is on its way, `ahead` signs the IOU the next call will need if it is
 like this one (only when the call is the channel's only one open): a client making one call

@@ -265,9 +265,9 @@ class MarketStore:
 
     def record_served(self, peer: str, client: bytes, receipt: Any, iou: bytes | None) -> None:
         """A provider's receipt (its fields: the seal goes on the frame that carries it) with
-        the IOU that pays for
-        it, once checked (None: it failed its late check, and an earlier one pays). The
-        channel's total, seq and newest IOU are read back from these rows."""
+        the IOU that pays for it, once checked (None: it failed its late check, and an
+        earlier one pays). The channel's total, seq and newest IOU are read back from these
+        rows."""
         body = _body(receipt)
         self._journaled_row(
             _receipt_row("provider", peer, client, receipt, "", iou, body, self._now_ms())
