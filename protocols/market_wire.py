@@ -44,7 +44,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from dag.codec import Encodable, as_array, as_bytes, as_int, encode, expect_header
+from dag.codec import as_array, as_bytes, as_int, encode, expect_header
 from dag.crypto import PublicKey, Scheme, Signature
 from dag.errors import DecodeError, RemoteProtocolError
 from experts.tokens import count_tokens
@@ -226,10 +226,9 @@ def open_receipts(items: list[Any], signature: bytes) -> list[Receipt]:
         raise RemoteProtocolError(f"receipts: 1..{MAX_SEALED} under one seal")
     signature = as_bytes(signature, "seal signature", size=64)
     fields = [_fields(item) for item in items]
-    # Each leaf from the checked fields, as `Receipt.leaf` makes it (not from the item as it
-    # came: the evidence kept is then canonical whatever the encoding that came).
-    head: list[Encodable] = [RECEIPT_TAG, RECEIPT_VERSION]
-    levels = _tree([_leaf(encode([*head, *f], types_checked=True)) for f in fields])
+    # Each leaf from the checked fields (not from the item as it came: the evidence kept is
+    # then canonical whatever the encoding that came).
+    levels = _tree([Receipt(*f).leaf() for f in fields])
     size = len(items)
     return [Receipt(*f, Seal(signature, i, size, _path(levels, i))) for i, f in enumerate(fields)]
 

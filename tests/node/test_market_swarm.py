@@ -45,12 +45,18 @@ class Clock:
 
 @asynccontextmanager
 async def market_swarm(
-    tmp_path: Path, clock: Clock, *, paid: bool = True, **market: Any
+    tmp_path: Path, clock: Clock, *, paid: bool = True, two_providers: bool = False, **market: Any
 ) -> AsyncIterator[list[Node]]:
-    """provider (ffn64), client, and a third validator; Ed25519 keeps the test quick.
-    `market` overrides [market] settings of every node."""
+    """provider (ffn64), client, and a third validator (with `two_providers`, a second
+    provider of ffn64); Ed25519 keeps the test quick. `market` overrides [market] settings
+    of every node."""
+    third = ["ffn64"] if two_providers else []
     dirs = make_node_dirs(
-        tmp_path, 3, scheme=Scheme.ED25519, hosts=[["ffn64"], [], []], paid=[paid, False, False]
+        tmp_path,
+        3,
+        scheme=Scheme.ED25519,
+        hosts=[["ffn64"], [], third],
+        paid=[paid, False, paid and two_providers],
     )
     settings: dict[str, Any] = {"channel_lifetime_s": LIFETIME_S, "settle_margin_s": MARGIN_S}
     settings.update(market)
@@ -263,17 +269,8 @@ async def test_a_quote_over_the_callers_price_ceiling_is_not_paid(tmp_path: Path
 async def test_a_provider_whose_receipt_is_disputed_is_routed_around(tmp_path: Path) -> None:
     # Two providers of the same expert; the one routing picks first claims more than it
     # served. Its receipt is disputed, and the next call goes to the other one.
-    dirs = make_node_dirs(
-        tmp_path,
-        3,
-        scheme=Scheme.ED25519,
-        hosts=[["ffn64"], [], ["ffn64"]],
-        paid=[True, False, True],
-    )
-    settings = {"channel_lifetime_s": LIFETIME_S, "settle_margin_s": MARGIN_S}
     with trio.fail_after(90):
-        async with running_nodes(dirs, wall_clock=Clock(), market=settings) as nodes:
-            await connect_all(nodes)
+        async with market_swarm(tmp_path, Clock(), two_providers=True) as nodes:
             client = nodes[1]
             ffn = ffn_of(nodes[0])
             assert ffn == ffn_of(nodes[2])
