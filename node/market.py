@@ -67,6 +67,7 @@ class ChannelFailed(SwarmError):
 class _Quoted:
     quote: mw.Quote
     until_ms: int
+    account: bytes | None  # the provider's, as its hello proved when the quote came
 
 
 @dataclass
@@ -217,10 +218,10 @@ class Market:
     ) -> PayTicket | None:
         now = self._now_ms()
         known = self._quotes.get(provider)
-        if known is not None and known.until_ms > now:
-            quote = known.quote  # (held: the common case, with no coroutine to run)
-        else:
-            quote = await self._quote_of(provider)
+        if known is None or known.until_ms <= now:  # (else held: no coroutine to run)
+            await self._quote_of(provider)
+            known = self._quotes[provider]
+        quote = known.quote
         if not quote.paid:
             return None
         price = quote.prices.get(request.expert, price)
@@ -228,7 +229,7 @@ class Market:
             raise OverPrice(
                 f"provider {provider[-8:]} asks {price} per 1,000 tokens, over {max_price}"
             )
-        account = self._account_of(provider)
+        account = known.account or self._account_of(provider)
         if account is None:
             raise ChannelFailed(f"no account is known for provider {provider[-8:]}")
         channel = self.purse.channel(account)
@@ -403,7 +404,7 @@ class Market:
 
     def _remember(self, provider: str, quote: mw.Quote) -> None:
         until = self._now_ms() + quote.valid_ms - QUOTE_SLACK_MS
-        self._quotes[provider] = _Quoted(quote, until)
+        self._quotes[provider] = _Quoted(quote, until, self._account_of(provider))
 
     async def _open_channel(
         self, provider: str, account: bytes, request: wire.Request, price: int

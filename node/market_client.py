@@ -180,7 +180,9 @@ class Purse:
         ours = mw.cost_milli(tokens, ticket.price)
         channel.owed_milli += ours
         entry = (ticket, result, tokens, ours, channel.owed_milli, time.monotonic())
-        early = self._early.pop((ticket.provider, channel.id, ticket.seq), None)
+        early = None
+        if self._early:  # (seldom: a receipt came before its answer was counted)
+            early = self._early.pop((ticket.provider, channel.id, ticket.seq), None)
         if early is not None:
             self._queue(entry, early[0])
         else:

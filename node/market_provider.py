@@ -29,12 +29,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 from dag.channels import ChannelTerms, Iou, iou_head
 from dag.errors import RemoteProtocolError
 from node.config import MarketConfig
-from node.market_store import ChannelRow, MarketStore
+from node.market_store import ChannelRow, MarketStore, ReceiptRow
 from protocols import infer_wire as wire
 from protocols import market_wire as mw
 from protocols.infer_server import ChannelRefused, PaymentRefused
@@ -58,20 +58,6 @@ class _Open:
     client_peer: str = ""  # the peer found to be the client's (its account looked up once)
 
 
-class Charge(NamedTuple):
-    """What a call was charged: a receipt's fields but the hashes and the seal (a
-    tuple: built on the call's path, where a frozen dataclass costs several times more)."""
-
-    channel_id: bytes
-    seq: int
-    expert: str
-    tokens_in: int
-    tokens_out: int
-    price_per_1k: int
-    cost_milli: int
-    charged_milli: int
-
-
 @dataclass(slots=True)
 class Ticket:
     channel: _Open
@@ -82,7 +68,7 @@ class Ticket:
     max_cost_milli: int
     max_tokens: int
     checked: bool  # the IOU's signature was checked (else `answered` checks it)
-    charge: Charge | None = None  # what `charge` counted
+    charge: ReceiptRow | None = None  # what `charge` counted (and journaled)
 
 
 class Till:
@@ -266,19 +252,25 @@ class Till:
         cost = mw.cost_milli(tokens, ticket.price)
         channel.reserved_milli -= ticket.max_cost_milli
         channel.charged_milli += cost
-        channel.last_ms = self._now_ms()
-        charge = Charge(
+        channel.last_ms = now = self._now_ms()
+        charge = ReceiptRow(
             channel.row.id,
             ticket.seq,
+            "provider",
+            channel.row.peer,
+            channel.terms.client,
             request.expert,
             result.tokens_in,
             result.tokens_out,
             ticket.price,
             cost,
             channel.charged_milli,
+            b"",  # (no receipt yet: `answered` makes it)
+            now,
+            "",
+            ticket.iou_bytes if ticket.checked else None,  # (else stored by `answered`)
         )
-        iou = ticket.iou_bytes if ticket.checked else None  # (else stored by `answered`)
-        self.store.record_charge(channel.row.peer, channel.terms.client, charge, iou)
+        self.store.record_charge(charge)
         self._served_today += tokens
         client = channel.terms.client
         self._client_today[client] = self._client_today.get(client, 0) + tokens

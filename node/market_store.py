@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -57,6 +57,26 @@ def _wall_ms() -> int:
 
 class MarketStoreError(SwarmError):
     """The market file cannot be used; the message names it."""
+
+
+class ReceiptRow(NamedTuple):
+    """A row of the receipts table, its columns in order (as journaled and inserted)."""
+
+    channel_id: bytes
+    seq: int
+    role: str  # "client" or "provider": whose copy
+    peer: str  # the other side's peer id
+    counterpart: bytes  # the other side's account
+    expert: str
+    tokens_in: int
+    tokens_out: int
+    price_per_1k: int
+    cost_milli: int
+    charged_milli: int  # the channel's total after this call
+    body: bytes  # the receipt's evidence (empty: a charge whose receipt is not made yet)
+    at_ms: int
+    disputed: str
+    iou: bytes | None  # the IOU that pays for it, when it was checked (provider side)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +118,7 @@ class ChannelRow:
 # The log a checkpoint leaves for reuse; what a burst grew beyond it is given back.
 WAL_KEEP_BYTES = 16 << 20
 SERVED_JOURNAL = ".served"  # beside the database file: the provider's rows not flushed yet
-_RECEIPT_COLUMNS = 15
+_RECEIPT_COLUMNS = len(ReceiptRow._fields)
 _RECEIPT_SLOTS = ", ".join("?" * _RECEIPT_COLUMNS)
 _INSERT_RECEIPT = f"INSERT OR REPLACE INTO receipts VALUES ({_RECEIPT_SLOTS})"
 _COLUMNS = "id, role, peer, counterpart, open_tx, deposit, expiry_ms, charged_milli, seq, iou, "
@@ -148,6 +168,8 @@ class MarketStore:
         self._now_ms = now_ms
         self._checkpointer: sqlite3.Connection | None = None
         self._served: list[tuple[Any, ...]] = []  # journaled rows not in the database yet
+        # (A packer kept, not one made per row: a row is packed on every paid call's path.)
+        self._pack = msgpack.Packer(use_bin_type=True).pack
         self.on_served: Callable[[], None] = lambda: None  # a row was journaled
         try:
             self._journal = Journal(path + SERVED_JOURNAL)
@@ -253,14 +275,12 @@ class MarketStore:
 
     # -- receipts -------------------------------------------------------------------------
 
-    def record_charge(self, peer: str, client: bytes, charge: Any, iou: bytes | None) -> None:
+    def record_charge(self, row: ReceiptRow) -> None:
         """A provider's charged call, journaled before its answer goes out: a receipts row
         with what settlement needs (the counts, and the IOU when it was checked before the
-        answer) and no receipt yet (`charge`: a receipt's fields but the hashes,
-        `node.market_provider.Charge`). `record_served` replaces it once the receipt is
-        made; a crash in between leaves it, with an empty body: the charge stands, the
-        receipt was never sent."""
-        row = _receipt_row("provider", peer, client, charge, "", iou, b"", self._now_ms())
+        answer) and no receipt yet (an empty body; the till builds the row itself, once, on
+        the call's path). `record_served` replaces it once the receipt is made; a crash in
+        between leaves it: the charge stands, the receipt was never sent."""
         self._journaled_row(row)
 
     def record_served(self, peer: str, client: bytes, receipt: Any, iou: bytes | None) -> None:
@@ -276,7 +296,7 @@ class MarketStore:
     def _journaled_row(self, row: tuple[Any, ...]) -> None:
         if not self._served:
             self.on_served()  # the first record since the last flush
-        self._journal.append(msgpack.packb(row, use_bin_type=True))
+        self._journal.append(self._pack(row))
         self._served.append(row)
 
     def flush(self) -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import replace
+import time
 from pathlib import Path
 
 import pytest
 
 from dag.codec import encode
-from node.market_store import _SELECT, ChannelRow, MarketStore, MarketStoreError
+from node.market_store import _SELECT, ChannelRow, MarketStore, MarketStoreError, ReceiptRow
 from protocols import market_wire as mw
 from tests.factory import kill_store
 
@@ -31,7 +31,11 @@ def receipt(seq: int) -> mw.Receipt:
 
 def test_a_charge_is_kept_until_its_receipt_replaces_it_across_a_kill(tmp_path: Path) -> None:
     path = tmp_path / "market.sqlite"
-    charge = replace(receipt(1), request_hash=b"", output_hash=b"")
+    r = receipt(1)
+    charge = ReceiptRow(
+        *(CHANNEL, 1, "provider", "peer", b"c" * 32, r.expert, r.tokens_in, r.tokens_out),
+        *(r.price_per_1k, r.cost_milli, r.charged_milli, b"", int(time.time() * 1000), "", b"iou"),
+    )
 
     def bodies(store: MarketStore) -> list[tuple[int, int]]:
         store.flush()
@@ -39,8 +43,8 @@ def test_a_charge_is_kept_until_its_receipt_replaces_it_across_a_kill(tmp_path: 
         return rows.fetchall()
 
     store = MarketStore.open(path)
-    store.record_charge("peer", b"c" * 32, charge, b"iou")
-    store.record_charge("peer", b"c" * 32, replace(charge, seq=2), None)
+    store.record_charge(charge)
+    store.record_charge(charge._replace(seq=2, charged_milli=40, iou=None))
     store.record_served("peer", b"c" * 32, receipt(1), b"iou")  # made after the answer
     # A kill -9 now: the journal holds both charges and the one receipt, in that order.
     kill_store(store)
