@@ -419,6 +419,42 @@ async def test_receipts_made_together_go_together_in_a_sealed_frame_of_their_own
             nursery.cancel_scope.cancel()
 
 
+async def test_receipts_not_sent_when_the_stream_ends_are_made_and_stored_all_the_same(
+    tmp_path: Path,
+) -> None:
+    # A stream cancelled before its frame of receipts goes (the peer gone, the node
+    # stopping) still leaves each charged call's receipt stored with its charge.
+    market = Market(tmp_path)
+    host = ExpertHost([FFN], gate=market.till)
+    ours, theirs = memory_stream_pair("caller", "provider")
+    framed = FramedStream(ours, wire.MAX_FRAME)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(host.run)
+            serving = trio.CancelScope()
+
+            async def serve() -> None:
+                with serving:
+                    await host.serve(theirs)
+
+            nursery.start_soon(serve)
+            for i in (1, 2):
+                ticket = market.purse.reserve(market.channel, "provider", _request(i), PRICE)
+                assert ticket is not None
+                await framed.send(replace(_request(i), pay=market.purse.sign(ticket)).encode())
+                assert (await framed.receive() or {}).get("id") == i
+            serving.cancel()  # before RECEIPT_DELAY_S: no frame of receipts was sent
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    store = market.till.store
+    store.flush()
+    bodies = store._conn.execute("SELECT seq, body FROM receipts ORDER BY seq").fetchall()
+    assert [seq for seq, _ in bodies] == [1, 2]
+    for seq, body in bodies:
+        receipt = mw.Receipt.from_evidence(decode(body, max_bytes=len(body), what="receipt"))
+        assert (receipt.seq, receipt.seal) == (seq, None)  # made, never sealed
+
+
 def _served(market: Market, i: int) -> tuple[Any, wire.ArrayResult, mw.Receipt]:
     """A paid call of the client's, served by the till with no stream between: (the
     client's ticket, the answer, the provider's receipt of it, not sealed yet)."""
