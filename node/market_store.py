@@ -167,7 +167,7 @@ class MarketStore:
         self.path = path
         self._now_ms = now_ms
         self._checkpointer: sqlite3.Connection | None = None
-        self._served: list[tuple[Any, ...]] = []  # journaled rows not in the database yet
+        self._served: list[ReceiptRow] = []  # journaled rows not in the database yet
         # (A packer kept, not one made per row: a row is packed on every paid call's path.)
         self._pack = msgpack.Packer(use_bin_type=True).pack
         self.on_served: Callable[[], None] = lambda: None  # a row was journaled
@@ -293,7 +293,7 @@ class MarketStore:
             _receipt_row("provider", peer, client, receipt, "", iou, body, self._now_ms())
         )
 
-    def _journaled_row(self, row: tuple[Any, ...]) -> None:
+    def _journaled_row(self, row: ReceiptRow) -> None:
         if not self._served:
             self.on_served()  # the first record since the last flush
         self._journal.append(self._pack(row))
@@ -309,7 +309,7 @@ class MarketStore:
             c.execute("BEGIN IMMEDIATE")
             try:
                 # A receipt replaces its call's charge: only the newest row of each call.
-                rows = {(row[0], row[1], row[2]): row for row in self._served}
+                rows = {(row.channel_id, row.seq, row.role): row for row in self._served}
                 c.executemany(_INSERT_RECEIPT, rows.values())
                 c.execute("COMMIT")
             except BaseException:
@@ -437,14 +437,14 @@ class MarketStore:
         ]
 
 
-def _journaled(body: bytes) -> tuple[Any, ...]:
+def _journaled(body: bytes) -> ReceiptRow:
     """A receipts row back from its journal record (`ValueError` if it is not one)."""
     try:
         row = msgpack.unpackb(body)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise ValueError(f"journal record is not msgpack: {exc}") from None
     if isinstance(row, list) and len(row) == _RECEIPT_COLUMNS:
-        return tuple(row)
+        return ReceiptRow(*row)
     raise ValueError("journal record is not a receipts row")
 
 
@@ -462,8 +462,8 @@ def _receipt_row(
     iou: bytes | None,
     body: bytes,
     at_ms: int,
-) -> tuple[Any, ...]:
-    return (
+) -> ReceiptRow:
+    return ReceiptRow(
         receipt.channel_id,
         receipt.seq,
         role,

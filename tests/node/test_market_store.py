@@ -33,8 +33,21 @@ def test_a_charge_is_kept_until_its_receipt_replaces_it_across_a_kill(tmp_path: 
     path = tmp_path / "market.sqlite"
     r = receipt(1)
     charge = ReceiptRow(
-        *(CHANNEL, 1, "provider", "peer", b"c" * 32, r.expert, r.tokens_in, r.tokens_out),
-        *(r.price_per_1k, r.cost_milli, r.charged_milli, b"", int(time.time() * 1000), "", b"iou"),
+        channel_id=CHANNEL,
+        seq=1,
+        role="provider",
+        peer="peer",
+        counterpart=b"c" * 32,
+        expert=r.expert,
+        tokens_in=r.tokens_in,
+        tokens_out=r.tokens_out,
+        price_per_1k=r.price_per_1k,
+        cost_milli=r.cost_milli,
+        charged_milli=r.charged_milli,
+        body=b"",  # (no receipt yet)
+        at_ms=int(time.time() * 1000),
+        disputed="",
+        iou=b"iou",
     )
 
     def bodies(store: MarketStore) -> list[tuple[int, int]]:
