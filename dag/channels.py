@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from dag.codec import as_array, as_bytes, as_int, decode, encode, expect_header
+from dag.codec import as_array, as_bytes, as_int, decode, encode, expect_header, packb
 from dag.crypto import ACCOUNT_ID_BYTES, PublicKey, Scheme, Signature, SigningKey, scheme_of
 from dag.errors import DecodeError, InvalidSignature, InvalidTransaction, RemoteProtocolError
 from dag.genesis import MAX_CREDITS
@@ -286,7 +286,7 @@ def _well_formed(data: bytes) -> Iou | None:
     if fields is None:
         return None
     scheme = scheme_of(fields[5][0])
-    if scheme is None or msgpack.packb(fields, use_bin_type=True) != data:
+    if scheme is None or packb(fields) != data:
         return None
     return Iou(fields[2], fields[3], fields[4], Signature(scheme, fields[5][1]))
 

@@ -13,6 +13,7 @@ Decoders check the size before reading, then every field's type and bound throug
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import msgpack
@@ -25,6 +26,22 @@ _MAX_CONTAINER = 65_536
 
 Encodable = int | bytes | str | list["Encodable"] | tuple["Encodable", ...]
 
+_packers = threading.local()
+
+
+def packb(value: Any) -> bytes:
+    """`msgpack.packb(value, use_bin_type=True)`, by a packer kept for the thread: `packb`
+    makes a new one, with its 256 KB buffer, every time, which costs more than packing the
+    few hundred bytes of a frame or a receipt. (A packer is not to be shared between threads;
+    after an error it starts empty again; its buffer stays as large as the largest value it
+    packed, which the frame limits bound.)"""
+    try:
+        pack = _packers.pack
+    except AttributeError:
+        pack = _packers.pack = msgpack.Packer(use_bin_type=True).pack
+    packed: bytes = pack(value)
+    return packed
+
 
 def encode(value: Encodable, *, types_checked: bool = False) -> bytes:
     """Pack `value` canonically. Only int, bytes, str, list and tuple are allowed.
@@ -36,10 +53,9 @@ def encode(value: Encodable, *, types_checked: bool = False) -> bytes:
     if not types_checked:
         _check_types(value)
     try:
-        packed: bytes = msgpack.packb(value, use_bin_type=True)
+        return packb(value)
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"cannot encode canonically: {exc}") from None
-    return packed
 
 
 def array_header(length: int) -> bytes:

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import msgpack
 
 from dag.channels import ChannelTerms
-from dag.codec import encode
+from dag.codec import encode, packb
 from dag.errors import SwarmError
 from dag.kinds import default_registry
 from dag.tx import Transaction
@@ -168,8 +168,6 @@ class MarketStore:
         self._now_ms = now_ms
         self._checkpointer: sqlite3.Connection | None = None
         self._served: list[ReceiptRow] = []  # journaled rows not in the database yet
-        # (A packer kept, not one made per row: a row is packed on every paid call's path.)
-        self._pack = msgpack.Packer(use_bin_type=True).pack
         self.on_served: Callable[[], None] = lambda: None  # a row was journaled
         try:
             self._journal = Journal(path + SERVED_JOURNAL)
@@ -296,7 +294,7 @@ class MarketStore:
     def _journaled_row(self, row: ReceiptRow) -> None:
         if not self._served:
             self.on_served()  # the first record since the last flush
-        self._journal.append(self._pack(row))
+        self._journal.append(packb(row))
         self._served.append(row)
 
     def flush(self) -> None:

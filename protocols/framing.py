@@ -13,6 +13,7 @@ from typing import Any
 
 import msgpack
 
+from dag.codec import packb
 from dag.errors import RemoteProtocolError
 from protocols.errors import FrameTooLarge
 
@@ -21,7 +22,7 @@ DEFAULT_MAX_FRAME = 1 << 20
 
 
 def encode_frame(body: dict[str, Any]) -> bytes:
-    payload: bytes = msgpack.packb(body, use_bin_type=True)
+    payload = packb(body)
     return HEADER.pack(len(payload)) + payload
 
 

@@ -1,3 +1,5 @@
+import threading
+
 import msgpack
 import pytest
 
@@ -12,6 +14,7 @@ from dag.codec import (
     decode_canonical,
     encode,
     expect_header,
+    packb,
 )
 from dag.errors import DecodeError, RemoteProtocolError
 
@@ -30,6 +33,28 @@ def test_encoding_is_canonical_and_round_trips() -> None:
     # bytes are msgpack bin, text is str
     assert encode(b"ab")[0] == 0xC4
     assert encode("ab")[0] == 0xA2
+
+
+def test_the_kept_packer_packs_as_msgpack_does_after_an_error_and_in_threads() -> None:
+    values = [{"t": "x", "v": 1, "b": b"\x00" * 300}, [1, "é", [b"", 2**63]], 7]
+    expected = [msgpack.packb(v, use_bin_type=True) for v in values]
+    assert [packb(v) for v in values] == expected
+    with pytest.raises(TypeError):
+        packb([1, object()])  # part-way through a value, then refused
+    with pytest.raises(TypeError, match="canonical"):
+        encode([b"ab", 1.5])
+    assert [packb(v) for v in values] == expected  # nothing of those is left behind
+    packed: list[list[bytes]] = [[] for _ in range(4)]  # by each thread, its own packer
+
+    def pack_many(out: list[bytes]) -> None:
+        out.extend(packb(v) for _ in range(2_000) for v in values)
+
+    threads = [threading.Thread(target=pack_many, args=(out,)) for out in packed]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert packed == [expected * 2_000] * 4
 
 
 @pytest.mark.parametrize("length", [0, 15, 16, 65_535, 65_536])
