@@ -327,8 +327,13 @@ class MarketStore:
 
     def record_many(self, items: list[tuple[str, bytes, Any, int, str]]) -> None:
         """A client's checked receipts, (peer, counterpart, receipt, our total, dispute), in
-        one transaction, each with its channel's new total by our own count."""
+        one transaction, each with its channel's new total by our own count (one update of
+        each channel: its largest total and seq of the batch)."""
         c, now = self._conn, self._now_ms()
+        newest: dict[bytes, tuple[int, int]] = {}  # by channel: its largest total and seq
+        for _, _, r, total, _ in items:
+            had = newest.get(r.channel_id, (0, 0))
+            newest[r.channel_id] = (max(had[0], total), max(had[1], r.seq))
         c.execute("BEGIN IMMEDIATE")
         try:
             c.executemany(
@@ -341,7 +346,7 @@ class MarketStore:
             c.executemany(
                 "UPDATE channels SET charged_milli = MAX(charged_milli, ?), seq = MAX(seq, ?), "
                 "updated_ms = ? WHERE id = ?",
-                [(total, r.seq, now, r.channel_id) for _, _, r, total, _ in items],
+                [(total, seq, now, cid) for cid, (total, seq) in newest.items()],
             )
             c.execute("COMMIT")
         except BaseException:

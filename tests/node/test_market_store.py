@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,34 @@ def test_a_channels_totals_are_read_without_scanning_its_receipts(tmp_path: Path
         cost[total] = steps
     assert cost[5_000] < 2 * cost[10], cost
     conn.close()
+    store.close()
+
+
+def test_a_clients_batch_of_receipts_leaves_each_channel_its_largest_total_and_seq(
+    tmp_path: Path,
+) -> None:
+    store = MarketStore.open(tmp_path / "market.sqlite")
+    other = bytes(32)
+    for cid in (CHANNEL, other):
+        store.put_channel(
+            ChannelRow(
+                cid, "client", "peer", b"c" * 32, b"tx", 5, 2**40, 0, 0, None, b"k", "open", None
+            )
+        )
+    # Out of order, as answers of concurrent calls are counted; totals are ours.
+    batch = [receipt(3), receipt(1), replace(receipt(2), channel_id=other), receipt(2)]
+    totals = [60, 20, 40, 40]
+    store.record_many([("peer", b"c" * 32, r, t, "") for r, t in zip(batch, totals, strict=True)])
+    kept = {cid: store.channel(cid) for cid in (CHANNEL, other)}
+    assert {cid: (row.charged_milli, row.seq) for cid, row in kept.items() if row} == {
+        CHANNEL: (60, 3),
+        other: (40, 2),
+    }
+    # A later batch with lower totals moves nothing back.
+    store.record_many([("peer", b"c" * 32, receipt(4), 50, "")])
+    row = store.channel(CHANNEL)
+    assert row is not None and (row.charged_milli, row.seq) == (60, 4)
+    assert len(store.receipts("client")) == 5
     store.close()
 
 
