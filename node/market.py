@@ -291,7 +291,7 @@ class Market:
             del self._opening[account]
             opening.done.set()
 
-    def sign(self, ticket: object) -> bytes:
+    def sign(self, ticket: object) -> wire.Pay:
         assert isinstance(ticket, PayTicket)
         return self.purse.sign(ticket)
 

@@ -2,19 +2,23 @@
 it checks.
 
 Per provider account there is at most one open channel. A call `reserve`s its largest cost on
-it (refused when the channel cannot pay: the caller opens another), `sign`s an IOU for what
-the client counts it owes plus every reservation, and `record`s the answer's cost by the
-client's own count of the tokens. Its receipt comes after the answer, in a frame of receipts
-under one seal (`receipts`), and is checked against the provider's host key (one signature
-check per frame), the request and answer it names, and that count. A receipt that claims
-more than the client counted is kept, marked disputed, and the client goes on paying by its
-own count; the provider can never claim more than the newest IOU, which names the client's
-count plus open reservations.
+it (refused when the channel cannot pay: the caller opens another), takes the next number on
+the channel and the IOU that pays for what the client counts it owes plus every reservation
+(`sign`), and `record`s the answer's cost by the client's own count of the tokens. IOUs name
+whole credits, so one pays for many small calls: a call whose cost the newest IOU still
+covers carries that IOU again, and only a call that needs the amount to rise has one signed
+(an Ed25519 signature costs more than the rest of the call's payment).
+
+The answer's receipt comes after it, in a frame of receipts under one seal (`receipts`), and
+is checked against the provider's host key (one signature check per frame), the request and
+answer it names, and that count. A receipt that claims more than the client counted is kept,
+marked disputed, and the client goes on paying by its own count; the provider can never
+claim more than the newest IOU, which names the client's count plus open reservations.
 
 While a call's answer is on its way, `ahead` signs the IOU the next call will need if it is
-like this one (only when the call is the channel's only one open): a client making one call
-after another signs while it waits, not on the next call, and `sign` uses that IOU only if
-it names exactly what the next call's own would.
+like this one and the newest IOU will not cover it (only when the call is the channel's only
+one open): a client making one call after another signs while it waits, not on the next
+call, and `sign` uses that IOU only if it names exactly the amount a call needs.
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ class ClientChannel:
     seq: int
     reserved_milli: int = 0
     synced: bool = False  # our counts agree with the provider's (see `resume`)
-    spare: tuple[Iou, bytes] | None = None  # signed by `ahead` for the next call, not sent
+    newest: tuple[int, bytes] | None = None  # (cumulative, bytes) of the newest IOU signed
+    spare: tuple[int, bytes] | None = None  # the same, of one `ahead` signed, not sent yet
 
     @property
     def id(self) -> bytes:
@@ -145,28 +150,38 @@ class Purse:
         channel.reserved_milli += max_cost
         return PayTicket(channel, provider, request, price, max_cost)
 
-    def sign(self, ticket: PayTicket) -> bytes:
-        """The IOU for a reserved call (called as the request goes on the wire)."""
+    def sign(self, ticket: PayTicket) -> wire.Pay:
+        """The call's number and IOU (called as the request goes on the wire): the newest
+        IOU while it pays for what we owe with every reservation, else one signed for this
+        call, or signed for it ahead."""
         channel = ticket.channel
         cumulative = max(1, mw.credits_for(channel.owed_milli + channel.reserved_milli))
-        spare, channel.spare = channel.spare, None
         channel.seq += 1
         ticket.seq = channel.seq
-        if spare is not None and (spare[0].seq, spare[0].cumulative) == (channel.seq, cumulative):
-            return spare[1]  # signed ahead: the very IOU this call needs
-        return Iou.create(channel.key, channel.id, cumulative, channel.seq).to_bytes()
+        newest = channel.newest
+        if newest is None or newest[0] < cumulative:
+            spare, channel.spare = channel.spare, None
+            if spare is not None and spare[0] == cumulative:
+                newest = spare  # signed ahead (for a number at or below this call's)
+            else:
+                iou = Iou.create(channel.key, channel.id, cumulative, channel.seq)
+                newest = (cumulative, iou.to_bytes())
+            channel.newest = newest
+        return wire.Pay(newest[1], channel.seq)
 
     def ahead(self, ticket: PayTicket) -> None:
-        """The call's request is sent: sign the IOU of a next call like it, while we wait."""
+        """The call's request is sent: sign the IOU of a next call like it, while we wait, if
+        the newest IOU will not pay for that call."""
         channel = ticket.channel
         if channel.spare is not None or channel.reserved_milli != ticket.max_cost_milli:
-            return  # other calls are open: the next one's IOU cannot be told now
+            return  # one is signed already, or other calls are open: the next is not known
         # What we will owe if this answer costs its most, and the next call reserves as much.
-        owed = channel.owed_milli + 2 * ticket.max_cost_milli
-        cumulative = max(1, mw.credits_for(owed))
+        cumulative = max(1, mw.credits_for(channel.owed_milli + 2 * ticket.max_cost_milli))
+        if channel.newest is not None and cumulative <= channel.newest[0]:
+            return  # the next call carries the newest IOU again
         if cumulative <= channel.terms.deposit:
             iou = Iou.create(channel.key, channel.id, cumulative, channel.seq + 1)
-            channel.spare = (iou, iou.to_bytes())
+            channel.spare = (cumulative, iou.to_bytes())
 
     def release(self, ticket: PayTicket) -> None:
         ticket.channel.reserved_milli -= ticket.max_cost_milli

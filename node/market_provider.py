@@ -9,10 +9,13 @@ the receipt and stores it, and the server sends it after the answer, in a frame 
 that `seal` signs; `release` drops the reservation of a call that failed. No consensus round
 is on this path, and nothing on it signs.
 
-An IOU is admitted when its sequence number is above every earlier one of the channel (a
-replay is refused) and its amount covers what the channel has charged, what calls still open
-have reserved, and this call's largest cost. So the newest IOU always pays for every answer
-sent, and the provider settles with it, claiming only what it charged.
+A call is admitted when its number (`wire.Pay.seq`) is above every earlier call's on the
+channel (a replay is refused), and its IOU, signed for it or for an earlier call, covers what
+the channel has charged, what calls still open have reserved, and this call's largest cost.
+So the newest IOU always pays for every answer sent, and the provider settles with it,
+claiming only what it charged. A client sends its newest IOU again until it must name more
+(IOUs name whole credits): the till knows each channel's newest IOU by its bytes, and one it
+knows is not unpacked again.
 
 The IOU's signature is checked before the answer unless the newest IOU already checked pays
 for the call (IOUs name whole credits, so one usually covers many small calls): then the
@@ -54,6 +57,7 @@ class _Open:
     last_ms: int = 0  # when it last charged a call (or was registered)
     paid_milli: int = 0  # what the newest IOU with a checked signature pays for
     refused: str = ""  # why no more calls are served on it (an IOU failed its late check)
+    newest: bytes = b""  # the newest IOU admitted (a key of `Till._newest`)
     quotes: dict[str, tuple[int, int]] = field(default_factory=dict)  # expert: (price, until)
     client_peer: str = ""  # the peer found to be the client's (its account looked up once)
 
@@ -62,7 +66,7 @@ class _Open:
 class Ticket:
     channel: _Open
     iou_bytes: bytes
-    seq: int  # the IOU's
+    seq: int  # the call's
     cumulative: int  # the IOU's
     price: int
     max_cost_milli: int
@@ -96,6 +100,8 @@ class Till:
         self._sign = host_sign
         self._now_ms = now_ms
         self._open: dict[bytes, _Open] = {}
+        # Each open channel's newest IOU admitted: (its channel, its cumulative), by its bytes.
+        self._newest: dict[bytes, tuple[_Open, int]] = {}
         self._served_today = store.tokens_today("provider")
         self._client_today: dict[bytes, int] = {}  # filled from the store on first use
         self._day = now_ms() // 86_400_000
@@ -186,7 +192,10 @@ class Till:
 
     def take(self, channel_id: bytes) -> _Open | None:
         """Serve the channel no more (it is being settled, or has lapsed)."""
-        return self._open.pop(channel_id, None)
+        channel = self._open.pop(channel_id, None)
+        if channel is not None:
+            self._newest.pop(channel.newest, None)
+        return channel
 
     # -- the call path (PaymentGate) ------------------------------------------------------
 
@@ -197,13 +206,21 @@ class Till:
             return None
         if not self.policy.serve_paid:
             return None  # we serve for free; the IOU is not needed
-        head = iou_head(request.pay)
-        if head is None:
-            raise PaymentRefused(f"bad IOU: {_why_bad(request.pay)}")
-        channel_id, cumulative, seq = head
-        channel = self._open.get(channel_id)
-        if channel is None:
-            raise ChannelRefused(f"no open channel {channel_id.hex()[:16]} here")
+        pay, seq = request.pay.iou, request.pay.seq
+        known = self._newest.get(pay)
+        if known is not None:
+            channel, cumulative = known  # (its bytes were unpacked and checked when it came)
+        else:
+            head = iou_head(pay)
+            if head is None:
+                raise PaymentRefused(f"bad IOU: {_why_bad(pay)}")
+            channel_id, cumulative, iou_seq = head
+            found = self._open.get(channel_id)
+            if found is None:
+                raise ChannelRefused(f"no open channel {channel_id.hex()[:16]} here")
+            channel = found
+            if iou_seq > seq:
+                raise PaymentRefused(f"bad IOU: signed for call {iou_seq}, after this one ({seq})")
         if channel.refused:
             raise ChannelRefused(channel.refused)
         terms = channel.terms
@@ -212,7 +229,7 @@ class Till:
                 raise ChannelRefused("the channel belongs to another account")
             channel.client_peer = peer
         if seq <= channel.seq:
-            raise ChannelRefused(f"replayed IOU: seq {seq} is not above {channel.seq}")
+            raise ChannelRefused(f"replayed call: seq {seq} is not above {channel.seq}")
         now = self._now_ms()
         if now >= terms.expiry_ms - self._margin_ms:
             raise ChannelRefused("the channel is about to expire: open another")
@@ -232,7 +249,7 @@ class Till:
         check_now = channel.paid_milli < owed  # else a checked IOU pays for this call already
         if check_now:
             try:
-                Iou.from_bytes(request.pay).verify(terms.iou_key)
+                Iou.from_bytes(pay).verify(terms.iou_key)
             except RemoteProtocolError as exc:
                 raise PaymentRefused(f"bad IOU: {exc}") from None
         if cumulative * 1000 < owed:
@@ -241,9 +258,13 @@ class Till:
             )
         if check_now:
             channel.paid_milli = max(channel.paid_milli, cumulative * 1000)
+        if known is None:
+            self._newest.pop(channel.newest, None)
+            self._newest[pay] = (channel, cumulative)
+            channel.newest = pay
         channel.seq = seq
         channel.reserved_milli += max_cost
-        return Ticket(channel, request.pay, seq, cumulative, price, max_cost, max_tokens, check_now)
+        return Ticket(channel, pay, seq, cumulative, price, max_cost, max_tokens, check_now)
 
     def charge(self, ticket: object, request: wire.Request, result: wire.Result) -> None:
         assert isinstance(ticket, Ticket) and not isinstance(result, wire.ErrorResult)
@@ -293,7 +314,10 @@ class Till:
             except RemoteProtocolError as exc:
                 if not channel.refused:
                     log.warning(
-                        "channel %s: bad IOU %d: %s", channel.row.id.hex()[:12], ticket.seq, exc
+                        "channel %s: bad IOU on call %d: %s",
+                        channel.row.id.hex()[:12],
+                        ticket.seq,
+                        exc,
                     )
                 channel.refused = f"an IOU of this channel failed its check: {exc}"
             else:

@@ -115,12 +115,13 @@ class InferChannel:
     async def call(
         self,
         request: wire.Request,
-        pay: Callable[[], bytes] | None = None,
+        pay: Callable[[], wire.Pay] | None = None,
         on_sent: Callable[[], None] | None = None,
     ) -> wire.TextResult | wire.ArrayResult:
-        """Send `request` and wait for its answer; the caller bounds the wait. `pay` makes the
-        call's IOU; it runs under the send lock, so IOUs go out in the order they are made.
-        `on_sent` runs once the request is on the wire: work to do while the answer comes."""
+        """Send `request` and wait for its answer; the caller bounds the wait. `pay` makes what
+        pays for the call; it runs under the send lock, so paid calls go out in the order of
+        their numbers. `on_sent` runs once the request is on the wire: work to do while the
+        answer comes."""
         line = await self._stream()
         pending = line.pending[request.id] = _Pending(pay is not None)
         try:
@@ -129,7 +130,7 @@ class InferChannel:
                 try:
                     body = request.encode()
                     if pay is not None:
-                        body["pay"] = pay()
+                        pay().add_to(body)
                     await line.framed.send(body)
                     sent = True
                 finally:

@@ -17,9 +17,12 @@ may come back in any order.
 `deadline_ms` is the time the caller still gives the call, relative, so no clocks need to
 agree. For a tensor call the billable tokens are the rows in and the rows out.
 
-A paid call adds `"pay": bytes` (the client's IOU) to the request, or is refused with the
+A paid call adds `"pay": bytes` (the client's IOU) and `"pay_seq": n` (the call's own
+number on the channel, above every earlier call's) to the request, or is refused with the
 error code "payment" (this call cannot be paid: no IOU, a bad or short one, a limit) or
-"channel" (the IOU's channel cannot pay here at all: the client opens another). The
+"channel" (the IOU's channel cannot pay here at all: the client opens another). The IOU is
+the client's newest on the channel: one signed for this call when the amount owed must
+rise to pay for it, else the newest again (see `node.market_client`). The
 receipt of a paid answer follows it (see `protocols.market_wire`): the provider sends the
 receipts made within `RECEIPT_DELAY_S` of `protocols.infer_server` together, on their own,
 under one signature:
@@ -57,10 +60,22 @@ MAX_SEAL_BYTES = 4096  # (the market checks the seal's size: an Ed25519 seal has
 RECEIPTS_VERSION = 2  # of a "receipts" frame: 1 had a signature on each receipt, no seal
 
 
-def _paid(body: dict[str, Any], pay: bytes | None) -> dict[str, Any]:
-    if pay is not None:
-        body["pay"] = pay
-    return body
+@dataclass(frozen=True, slots=True)
+class Pay:
+    """What pays for a call: the client's IOU (its canonical bytes) and the call's number on
+    the channel (`seq`: a call with a number not above the last one's is a replay)."""
+
+    iou: bytes
+    seq: int
+
+    def add_to(self, body: dict[str, Any]) -> dict[str, Any]:
+        body["pay"] = self.iou
+        body["pay_seq"] = self.seq
+        return body
+
+
+def _paid(body: dict[str, Any], pay: Pay | None) -> dict[str, Any]:
+    return body if pay is None else pay.add_to(body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +88,7 @@ class GenerateRequest:
     temperature: float = 0.0
     top_k: int = 0
     seed: int = 0
-    pay: bytes | None = None
+    pay: Pay | None = None
 
     def encode(self) -> dict[str, Any]:
         return _paid(
@@ -101,7 +116,7 @@ class TensorRequest:
     rows: int
     cols: int
     data: bytes
-    pay: bytes | None = None
+    pay: Pay | None = None
 
     @classmethod
     def of(cls, id: int, expert: str, deadline_ms: int, array: npt.ArrayLike) -> TensorRequest:
@@ -230,15 +245,22 @@ def _tensor_shape(body: dict[str, Any], peer: str) -> tuple[int, int, bytes]:
     return rows, cols, data
 
 
+def _pay(body: dict[str, Any], peer: str) -> Pay | None:
+    iou = body.get("pay")
+    if iou is None:
+        return None
+    if not (isinstance(iou, bytes) and len(iou) <= MAX_PAY_BYTES):
+        raise RemoteProtocolError(f"{body['t']}: pay must be at most {MAX_PAY_BYTES} bytes")
+    return Pay(iou, _count(body, "pay_seq", peer, 2**63 - 1))
+
+
 def decode_request(body: dict[str, Any], *, peer: str) -> Request:
     if body["v"] != VERSION:
         raise RemoteProtocolError(f"infer version {body['v']} is not {VERSION}", peer=peer)
     request_id = _count(body, "id", peer, 2**63)
     expert = _expert(body, peer)
     deadline = _count(body, "deadline_ms", peer, 600_000)
-    pay = body.get("pay")
-    if pay is not None and not (isinstance(pay, bytes) and len(pay) <= MAX_PAY_BYTES):
-        raise RemoteProtocolError(f"{body['t']}: pay must be at most {MAX_PAY_BYTES} bytes")
+    pay = _pay(body, peer)
     if body["t"] == "gen":
         temperature = field(body, "temperature", (int, float), peer=peer)
         if not 0.0 <= float(temperature) <= 10.0:

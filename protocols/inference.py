@@ -62,8 +62,8 @@ class Payer(Protocol):
         (opened first if need be), or None when the provider serves for free. Raises
         `OverPrice` when the provider now asks more than `max_price` per 1,000 tokens."""
 
-    def sign(self, ticket: object) -> bytes:
-        """The IOU of a prepared call, made as its request goes on the wire."""
+    def sign(self, ticket: object) -> wire.Pay:
+        """What pays for a prepared call (its IOU), made as its request goes on the wire."""
 
     def ahead(self, ticket: object) -> None:
         """The call's request is on the wire: work that can be done while the answer comes."""

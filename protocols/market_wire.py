@@ -1,10 +1,11 @@
 """Messages of the market: usage receipts, and `/swarm/market/1.0.0` (quotes, channels).
 
 A paid call is an ordinary `/swarm/infer/1.0.0` call whose request carries `"pay"`, the
-client's IOU (`dag.channels.Iou`, its canonical bytes), and whose answer is followed by its
-receipt, in a later frame of receipts (see `protocols.infer_wire`):
+client's IOU (`dag.channels.Iou`, its canonical bytes), and `"pay_seq"`, the call's number on
+the channel, and whose answer is followed by its receipt, in a later frame of receipts (see
+`protocols.infer_wire`):
 
-    ["swarm/receipt", 2, channel id, IOU seq, expert id (hex), request hash, output hash,
+    ["swarm/receipt", 2, channel id, call seq, expert id (hex), request hash, output hash,
      tokens_in, tokens_out, price per 1k, cost (milli-credits), charged (milli-credits)]
 
 `cost` is tokens x price per 1,000 tokens, in thousandths of a credit, so that no call is

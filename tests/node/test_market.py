@@ -19,7 +19,7 @@ from dag.codec import decode
 from dag.crypto import Scheme, SigningKey
 from dag.kinds import default_registry
 from dag.ledger import Ledger
-from node import market_client
+from node import market_client, market_provider
 from node.config import MarketConfig
 from node.market_client import Paid, Purse, new_channel_row
 from node.market_provider import Ticket, Till
@@ -197,7 +197,7 @@ async def test_paid_calls_are_charged_receipted_and_settle_what_was_served(tmp_p
     assert [(u["kind"], u["calls"], u["credits"]) for u in earned] == [("earned", 61, 1.28)]
 
 
-async def test_the_iou_signed_while_an_answer_comes_pays_for_the_next_call_like_it(
+async def test_calls_the_newest_iou_pays_for_carry_it_again_and_the_next_is_signed_ahead(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     market = Market(tmp_path)
@@ -210,36 +210,56 @@ async def test_the_iou_signed_while_an_answer_comes_pays_for_the_next_call_like_
         return create(key, channel, cumulative, seq)
 
     monkeypatch.setattr(Iou, "create", counted)
-    sent: list[bytes] = []  # every IOU the calls carried
+    unpacked: list[bytes] = []  # every IOU the provider unpacked
+    head = market_provider.iou_head
+
+    def unpacking(data: bytes) -> Any:
+        unpacked.append(data)
+        return head(data)
+
+    monkeypatch.setattr(market_provider, "iou_head", unpacking)
+    sent: list[wire.Pay] = []  # what every call carried
     sign = market.purse.sign
 
-    def kept(ticket: Any) -> bytes:
+    def kept(ticket: Any) -> wire.Pay:
         sent.append(sign(ticket))
         return sent[-1]
 
     monkeypatch.setattr(market.purse, "sign", kept)
     with trio.fail_after(20):
         async with serving(host, market) as channel:
-            await _paid_call(market, channel, 1, ahead=True)
-            assert signed_at == [(1, 1), (2, 1)]  # its own, then the next call's, ahead
-            spare = market.channel.spare
-            assert spare is not None
-            await _paid_call(market, channel, 2, ahead=True)
-            assert sent[1] == spare[1] and signed_at[2:] == [(3, 1)]  # no new one on the call
-            # 60 rows: 1.2 credits reserved, more than the IOU signed ahead names: signed anew.
-            await _paid_call(market, channel, 3, rows=60)
-            assert signed_at[3:] == [(3, 2)]
-            await _paid_call(market, channel, 4)
-    assert [Iou.from_bytes(b).seq for b in sent] == [1, 2, 3, 4]
-    assert market.channel.owed_milli == (2 + 2 + 120 + 2) * PRICE
+            # 1 row: 0.02 credits; 24 rows: 0.48. Owed after each call: 0.02, 0.5, 0.98.
+            for i, rows in enumerate((1, 24, 24), 1):
+                await _paid_call(market, channel, i, rows=rows, ahead=True)
+            # The first call's IOU (1 credit) paid for all three. After the third, a next
+            # call like it would need 2: signed while the third's answer came.
+            assert signed_at == [(1, 1), (4, 2)]
+            assert market.channel.spare is not None
+            await _paid_call(market, channel, 4, rows=24, ahead=True)  # the one signed ahead
+            # Owed 1.46: the fifth call is paid for by the fourth's IOU, and a next call like
+            # it would need 3 credits: signed ahead.
+            await _paid_call(market, channel, 5, rows=24, ahead=True)
+            assert signed_at[2:] == [(6, 3)]
+            # 100 rows: 2 credits; owed 1.94, so 4 are needed, not the 3 signed ahead: a
+            # new one, and the one signed ahead goes unused.
+            await _paid_call(market, channel, 6, rows=100, ahead=True)
+            assert market.channel.spare is None
+            await _paid_call(market, channel, 7)
+    assert signed_at == [(1, 1), (4, 2), (6, 3), (6, 4)]
+    ious = [Iou.from_bytes(pay.iou) for pay in sent]
+    assert [pay.seq for pay in sent] == [1, 2, 3, 4, 5, 6, 7]  # each call has its own number
+    assert [(i.seq, i.cumulative) for i in ious] == [(1, 1)] * 3 + [(4, 2)] * 2 + [(6, 4)] * 2
+    # The provider unpacked each IOU once: a known one is taken by its bytes.
+    assert unpacked == [sent[0].iou, sent[3].iou, sent[5].iou]
+    assert market.channel.owed_milli == (1 + 24 * 4 + 100 + 1) * 2 * PRICE
     row = market.till.store.channel(market.id)
-    # The newest IOU that pays more than the one before (the last names the same 2 credits).
-    assert row is not None and row.iou == sent[2] and row.charged_milli == 1260
+    assert row is not None and row.iou == sent[6].iou and row.charged_milli == 3960
     _settle_and_apply(market, row.iou, row.charged_milli)
 
 
-def _iou(market: Market, cumulative: int, seq: int, signer: SigningKey = IOU_KEY) -> bytes:
-    return Iou.create(signer, market.id, cumulative, seq).to_bytes()
+def _iou(market: Market, cumulative: int, seq: int, signer: SigningKey = IOU_KEY) -> wire.Pay:
+    """An IOU signed for call `seq`, paying for that call."""
+    return wire.Pay(Iou.create(signer, market.id, cumulative, seq).to_bytes(), seq)
 
 
 @pytest.mark.parametrize(
@@ -253,6 +273,7 @@ def _iou(market: Market, cumulative: int, seq: int, signer: SigningKey = IOU_KEY
         ("unknown_channel", "no open channel"),
         ("garbage", "bad IOU"),
         ("not_canonical", "canonical"),
+        ("later_call", "signed for call 2"),
         ("over_cap", "over the cap"),
     ],
 )
@@ -262,7 +283,7 @@ def test_the_till_refuses_bad_payments_and_charges_nothing(
     market = Market(tmp_path, max_tokens_per_request=100)
     request = _request(1)
     peer = "caller"
-    pay: bytes | None = _iou(market, 1, 1)
+    pay: wire.Pay | None = _iou(market, 1, 1)
     if case == "no_pay":
         pay = None
     elif case == "forged":
@@ -276,12 +297,15 @@ def test_the_till_refuses_bad_payments_and_charges_nothing(
     elif case == "other_account":
         peer = "mallory"
     elif case == "unknown_channel":
-        pay = Iou.create(IOU_KEY, b"\x01" * 32, 1, 1).to_bytes()
+        pay = wire.Pay(Iou.create(IOU_KEY, b"\x01" * 32, 1, 1).to_bytes(), 1)
     elif case == "garbage":
-        pay = b"\x93\x01\x02"
+        pay = wire.Pay(b"\x93\x01\x02", 1)
     elif case == "not_canonical":
-        assert pay is not None and pay[1:11] == b"\xa9swarm/iou"  # the tag, as a fixstr
-        pay = pay[:1] + b"\xd9\x09" + pay[2:]  # the same tag as a str8: the same fields
+        assert pay is not None and pay.iou[1:11] == b"\xa9swarm/iou"  # the tag, as a fixstr
+        # The same tag as a str8: the same fields.
+        pay = wire.Pay(pay.iou[:1] + b"\xd9\x09" + pay.iou[2:], 1)
+    elif case == "later_call":
+        pay = wire.Pay(_iou(market, 1, 2).iou, 1)  # an IOU can pay only for calls after it
     elif case == "over_cap":
         request = _request(1, rows=51)
     with pytest.raises(PaymentRefused, match=reason):
@@ -292,12 +316,22 @@ def test_the_till_refuses_bad_payments_and_charges_nothing(
 
 def test_a_replayed_iou_is_refused(tmp_path: Path) -> None:
     market = Market(tmp_path)
-    request = replace(_request(1), pay=_iou(market, 1, 1))
+    pay = _iou(market, 1, 1)
+    request = replace(_request(1), pay=pay)
     ticket = market.till.admit("caller", request)
     assert ticket is not None
     market.till.release(ticket)
     with pytest.raises(PaymentRefused, match="replayed"):
         market.till.admit("caller", request)
+    # The same IOU with the next call's number: the client's newest IOU, which still pays.
+    again = market.till.admit("caller", replace(request, pay=replace(pay, seq=2)))
+    assert isinstance(again, Ticket) and again.seq == 2
+    market.till.release(again)
+    for seq in (2, 1):  # and again as a replay of either call
+        with pytest.raises(PaymentRefused, match="replayed"):
+            market.till.admit("caller", replace(request, pay=replace(pay, seq=seq)))
+    state = market.till.state(market.id)
+    assert state is not None and state.seq == 2 and state.reserved_milli == 0
 
 
 def test_an_iou_paid_for_already_is_checked_after_the_answer_and_a_bad_one_ends_service(
@@ -322,25 +356,25 @@ def test_an_iou_paid_for_already_is_checked_after_the_answer_and_a_bad_one_ends_
 
     first = answer(1, 1)
     assert first[0].checked  # nothing paid for this call before its own IOU
-    assert stored().iou == ious[1]  # stored with the charge, before the answer
+    assert stored().iou == ious[1].iou  # stored with the charge, before the answer
     till.answered(*first)
     # Paid for by the first IOU, and paying no more: never checked, never stored, so even
     # a forged one does no harm.
     idle = answer(2, 1, signer=MALLORY)
     assert not idle[0].checked
     till.answered(*idle)
-    assert stored().iou == ious[1]
+    assert stored().iou == ious[1].iou
     more = answer(3, 2)  # pays more: checked after the answer, and stored then
     assert not more[0].checked
-    assert stored().iou == ious[1]
+    assert stored().iou == ious[1].iou
     till.answered(*more)
-    assert stored().iou == ious[3]
+    assert stored().iou == ious[3].iou
     forged = answer(4, 3, signer=MALLORY)  # answered: the third IOU pays for it
     till.answered(*forged)
     with pytest.raises(ChannelRefused, match="failed its check"):
         till.admit("caller", replace(_request(5), pay=_iou(market, 3, 5)))
     row = stored()
-    assert row.iou == ious[3] and row.charged_milli == 4 * 2 * PRICE
+    assert row.iou == ious[3].iou and row.charged_milli == 4 * 2 * PRICE
     # The last good IOU pays for every answer, the forged ones' too.
     ledger = _settle_and_apply(market, row.iou, row.charged_milli)
     assert ledger.balance(PROVIDER.account_id) == 1
@@ -360,7 +394,7 @@ def test_a_provider_restarted_before_a_late_check_keeps_the_earlier_iou(tmp_path
     kill_store(market.till.store)
     again = _till(tmp_path)
     row = again.store.channel(market.id)
-    assert row is not None and row.iou == first and row.charged_milli == 2 * 2 * PRICE
+    assert row is not None and row.iou == first.iou and row.charged_milli == 2 * 2 * PRICE
     state = again.state(market.id)
     assert state is not None and state.seq == 2 and state.paid_milli == 1000
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -169,6 +170,21 @@ def test_counts_out_of_range_or_of_another_type_are_refused_by_name(key: str, va
     assert isinstance(wire.decode_request(dict(body), peer="p"), wire.TensorRequest)
     body[key] = value
     with pytest.raises(RemoteProtocolError, match=key):
+        wire.decode_request(body, peer="p")
+
+
+@pytest.mark.parametrize("value", [None, -1, 2**63, "1", 1.0])
+def test_a_paid_request_carries_its_iou_and_its_own_number(value: Any) -> None:
+    pay = wire.Pay(b"iou bytes", 7)
+    request = replace(tensor(1, np.zeros(64, dtype=np.float32)), pay=pay)
+    body = request.encode()
+    assert (body["pay"], body["pay_seq"]) == (b"iou bytes", 7)
+    assert wire.decode_request(dict(body), peer="p") == request
+    if value is None:
+        del body["pay_seq"]  # an IOU with no number: a replay could not be told
+    else:
+        body["pay_seq"] = value
+    with pytest.raises(RemoteProtocolError, match="pay_seq"):
         wire.decode_request(body, peer="p")
 
 
