@@ -14,7 +14,7 @@ import pytest
 import trio
 
 import experts
-from dag.channels import ChannelTerms, Iou, open_payload, settle_payload
+from dag.channels import ChannelTerms, Iou, iou_head, open_payload, settle_payload
 from dag.codec import decode
 from dag.crypto import Scheme, SigningKey
 from dag.kinds import default_registry
@@ -211,11 +211,10 @@ async def test_calls_the_newest_iou_pays_for_carry_it_again_and_the_next_is_sign
 
     monkeypatch.setattr(Iou, "create", counted)
     unpacked: list[bytes] = []  # every IOU the provider unpacked
-    head = market_provider.iou_head
 
     def unpacking(data: bytes) -> Any:
         unpacked.append(data)
-        return head(data)
+        return iou_head(data)
 
     monkeypatch.setattr(market_provider, "iou_head", unpacking)
     sent: list[wire.Pay] = []  # what every call carried
