@@ -42,7 +42,7 @@ def test_the_kept_packer_packs_as_msgpack_does_after_an_error_and_in_threads() -
     with pytest.raises(TypeError):
         packb([1, object()])  # part-way through a value, then refused
     with pytest.raises(TypeError, match="canonical"):
-        encode([b"ab", 1.5])
+        encode([b"ab", 1.5])  # type: ignore[list-item]
     assert [packb(v) for v in values] == expected  # nothing of those is left behind
     packed: list[list[bytes]] = [[] for _ in range(4)]  # by each thread, its own packer
 

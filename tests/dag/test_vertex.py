@@ -1,5 +1,6 @@
 from dataclasses import replace
 from hashlib import blake2b
+from typing import Any
 
 import pytest
 
@@ -89,7 +90,7 @@ def test_parent_rules(parents: list[bytes], match: str) -> None:
         _decode(fields)
 
 
-def encode_fields(vertex: Vertex) -> list[object]:
+def encode_fields(vertex: Vertex) -> list[Any]:
     import msgpack
 
     return msgpack.unpackb(vertex.to_bytes(), raw=False)  # type: ignore[no-any-return]

@@ -24,7 +24,7 @@ def _reference_ffn(x: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
     y = x + h @ w["ffn_output.w"].astype(np.float64) + w["ffn_output.b"]
     mu = y.mean(-1, keepdims=True)
     var = ((y - mu) ** 2).mean(-1, keepdims=True)
-    return (y - mu) / np.sqrt(var + 1e-12) * w["layer_norm.g"] + w["layer_norm.b"]
+    return (y - mu) / np.sqrt(var + 1e-12) * w["layer_norm.g"] + w["layer_norm.b"]  # type: ignore[no-any-return]
 
 
 def test_ffn_matches_hivemind_formula() -> None:

@@ -249,7 +249,7 @@ def test_foreground_mesh_stops_every_node_on_ctrl_c(tmp_path: Path) -> None:
     )
     try:
         assert proc.stdout is not None
-        lines = []
+        lines: list[str] = []
         while not (lines and lines[-1] == "}\n"):  # the JSON table ends the start-up
             line = proc.stdout.readline()
             assert line, proc.stderr.read() if proc.stderr else ""

@@ -125,7 +125,7 @@ async def test_paid_calls_settle_on_the_dag_with_the_same_balances_everywhere(
             expected[provider.keys.account.account_id.hex()] += 1
             expected[client.keys.account.account_id.hex()] -= 1
             for node in nodes:
-                await node.dag.wait_for(lambda n=node: _balances_are(n, expected))
+                await node.dag.wait_for(lambda n=node: _balances_are(n, expected))  # type: ignore[misc]
                 assert sum(expected.values()) == node.genesis.supply
 
             # The settled channel is no longer served: the next call opens a new one.
@@ -181,7 +181,7 @@ async def test_provider_settles_before_expiry_and_client_closes_an_unused_channe
             expected[client.keys.account.account_id.hex()] -= 1  # 0.06 credits, rounded up
             for node in nodes:
                 await node.dag.wait_for(
-                    lambda n=node: _balance_of(n, client.keys.account.account_id, expected)
+                    lambda n=node: _balance_of(n, client.keys.account.account_id, expected)  # type: ignore[misc]
                 )
                 rows_now = await totals(node)
                 assert sum(rows_now.values()) == node.genesis.supply

@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 import socket
 from pathlib import Path
+from typing import cast
 
 import pytest
 import trio
+from libp2p.abc import IHost
 
 from dag.errors import SwarmError
 from protocols import ids
@@ -44,7 +46,7 @@ async def test_gossipsub_carries_a_message_to_every_node(tmp_path: Path) -> None
                         msg = await sub.get()
                         break
                 assert msg.data.startswith(b"hello ")
-                assert msg.from_id == nodes[0].p2p.host.get_id().to_bytes()
+                assert msg.from_id == cast(IHost, nodes[0].p2p.host).get_id().to_bytes()
 
 
 async def test_ping_measures_rtt_and_dht_knows_members(tmp_path: Path) -> None:

@@ -97,6 +97,6 @@ async def test_an_inverted_voter_with_20_percent_stake_cannot_stop_progress(tmp_
                 return all([await node.dag.tx_status(t) == "applied" for t in sent])
 
             for node in nodes[:4]:
-                await node.dag.wait_for(lambda n=node: all_applied(n))
+                await node.dag.wait_for(lambda n=node: all_applied(n))  # type: ignore[misc]
             balances = [await n.dag.balances() for n in nodes[:4]]
             assert all(b == balances[0] for b in balances)

@@ -40,7 +40,7 @@ async def test_a_transfer_is_accepted_with_the_same_balances_everywhere(tmp_path
             expected[a.keys.account.account_id.hex()] -= 250
             expected[to.hex()] += 250
             for node in nodes:
-                await node.dag.wait_for(lambda n=node: applied(n, tx_id))
+                await node.dag.wait_for(lambda n=node: applied(n, tx_id))  # type: ignore[misc]
                 assert await balances(node) == expected
                 assert sum(expected.values()) == a.genesis.supply
 
@@ -66,7 +66,7 @@ async def test_late_joiner_and_restarted_node_reach_the_same_balances(tmp_path: 
             await connect_all([a, b])
             sent = [await a.dag.transfer(b.keys.account.account_id, 10 + i) for i in range(5)]
             for node in (a, b):
-                await node.dag.wait_for(lambda n=node: all_applied(n, sent))
+                await node.dag.wait_for(lambda n=node: all_applied(n, sent))  # type: ignore[misc]
             expected = await balances(a)
             # c was down for all of it: it joins, syncs the history, and agrees
             async with running_nodes(dirs[2:]) as (c,):

@@ -81,7 +81,8 @@ async def test_calls_that_arrive_together_share_one_forward_pass() -> None:
             await ours.send_all(
                 b"".join(encode_frame(tensor(i, rows[i]).encode()) for i in range(30))
             )
-            framed, got = FramedStream(ours), {}
+            framed = FramedStream(ours)
+            got: dict[int, np.ndarray] = {}
             while len(got) < 30:
                 body = await framed.receive_required()
                 result = wire.decode_result(body, peer="p")
@@ -438,7 +439,8 @@ async def test_one_callers_nan_does_not_fail_the_calls_batched_with_it() -> None
             await ours.send_all(
                 encode_frame(tensor(1, bad).encode()) + encode_frame(tensor(2, good).encode())
             )
-            framed, got = FramedStream(ours), {}
+            framed = FramedStream(ours)
+            got: dict[int, wire.Result] = {}
             while len(got) < 2:
                 result = wire.decode_result(await framed.receive_required(), peer="p")
                 got[result.id] = result

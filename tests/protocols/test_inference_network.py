@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import trio
@@ -32,7 +33,7 @@ def hang(provider: Node) -> trio.Event:
     """Make `provider` take every call and never answer; the event is set at the first."""
     arrived = trio.Event()
 
-    async def call(request: object, **options: object) -> object:
+    async def call(request: object, **options: object) -> NoReturn:
         arrived.set()
         await trio.sleep_forever()
         raise AssertionError("unreachable")

@@ -111,7 +111,7 @@ def test_yamux_reads_its_settings_once(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_lookups(*args: object) -> None:
         raise AssertionError("the environment was read on the frame path")
 
-    monkeypatch.setattr(yamux.os, "getenv", no_lookups)
+    monkeypatch.setattr(yamux.os, "getenv", no_lookups)  # type: ignore[attr-defined]
     assert yamux._yamux_data_read_timeout() == expected
     assert yamux._yamux_release_on_read() is True
     assert yamux._yamux_batch_threshold_divisor() == 2
@@ -294,15 +294,15 @@ async def test_a_dht_stream_that_ends_inside_a_message_is_still_an_error() -> No
 
     install_clean_dht_stream_ends()
     install_clean_dht_stream_ends()  # a second install must not wrap the wrapper
-    read = kad_dht.read_varint_prefixed_bytes_limited
+    read = kad_dht.read_varint_prefixed_bytes_limited  # type: ignore[attr-defined]
     with trio.fail_after(5):
-        assert await read(EndingStream(b"\x02hi"), 100) == b"hi"
+        assert await read(EndingStream(b"\x02hi"), 100) == b"hi"  # type: ignore[arg-type]
         with pytest.raises(IncompleteReadError) as clean:
-            await read(EndingStream(b""), 100)
+            await read(EndingStream(b""), 100)  # type: ignore[arg-type]
         assert clean.value.received_bytes == 0  # the library's clean end: close, no warning
         for cut in (b"\x85", b"\x05ab"):  # inside the length prefix, inside the body
             with pytest.raises(StreamEOF):
-                await read(EndingStream(cut), 100)
+                await read(EndingStream(cut), 100)  # type: ignore[arg-type]
 
 
 class Messages:
@@ -322,7 +322,7 @@ async def test_secure_session_reads_cross_messages_in_order_and_end_as_the_libra
 
     install_lean_secure_reads()
     session = SecureSession.__new__(SecureSession)
-    session.swarm_data, session.swarm_at = b"", 0
+    session.swarm_data, session.swarm_at = b"", 0  # type: ignore[attr-defined]
     # Yamux frames as they come: several in one message, one split across two.
     session.conn = Messages(b"HEADERbodyHEAD", b"ER2b", b"ody2tail")  # type: ignore[assignment]
     with trio.fail_after(5):
@@ -383,7 +383,7 @@ async def test_yamux_delivers_common_frames_itself_and_others_through_the_librar
         frame(ping, syn, 0, length=7),  # answered by the library
     )
     session = SecureSession.__new__(SecureSession)
-    session.swarm_data, session.swarm_at = b"", 0
+    session.swarm_data, session.swarm_at = b"", 0  # type: ignore[attr-defined]
     session.conn = wire  # type: ignore[assignment]
     session.is_initiator = True
     sent: list[bytes] = []
@@ -555,14 +555,15 @@ async def test_noise_messages_go_straight_to_the_socket_whole_and_in_order() -> 
     ours, theirs = trio.socket.socketpair()
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     tcp = TrioTCPStream(trio.SocketStream(ours))
-    writer = NoiseTransportReadWriter(RawConnection(tcp, True), None)  # type: ignore[arg-type]
+    writer = NoiseTransportReadWriter(RawConnection(tcp, True), None)
     nonces = iter(range(1_000))
     writer.encrypt = lambda data: bytes([next(nonces)]) + data  # type: ignore[method-assign]
     peer = trio.SocketStream(theirs)
     ran: list[str] = []
 
     async def read_messages(count: int) -> list[bytes]:
-        got, buffer = [], b""
+        got: list[bytes] = []
+        buffer = b""
         while len(got) < count:
             buffer += await peer.receive_some(1 << 16)
             while len(buffer) >= 2 and len(buffer) >= 2 + (size := int.from_bytes(buffer[:2])):
