@@ -40,6 +40,7 @@ restarted resumes from it. A quote's prices hold for that client for `valid_ms`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -139,6 +140,10 @@ class Receipt:
     cost_milli: int
     charged_milli: int
     seal: Seal | None = None
+    # The root of the tree its frame's receipts gave when `open_receipts` opened it from its
+    # checked fields, so that `verify` need not walk up its path again. Never copied: a
+    # receipt made from this one (`dataclasses.replace`) walks its own path.
+    _root: bytes | None = dataclasses.field(default=None, init=False, compare=False, repr=False)
 
     def to_wire(self) -> list[Any]:
         return [
@@ -175,7 +180,8 @@ class Receipt:
         if self.seal is None:
             raise RemoteProtocolError("the receipt is not sealed")
         signature, position, size, path = self.seal
-        message = seal_message(size, _root_of(self.leaf(), position, size, path))
+        root = self._root if self._root is not None else _root_of(self.leaf(), position, size, path)
+        message = seal_message(size, root)
         memo = host_public_key + signature + message  # (each part of a fixed size)
         if checked is not None and memo in checked:
             return
@@ -230,8 +236,13 @@ def open_receipts(items: list[Any], signature: bytes) -> list[Receipt]:
     # Each leaf from the checked fields (not from the item as it came: the evidence kept is
     # then canonical whatever the encoding that came).
     levels = _tree([Receipt(*f).leaf() for f in fields])
-    size = len(items)
-    return [Receipt(*f, Seal(signature, i, size, _path(levels, i))) for i, f in enumerate(fields)]
+    size, root = len(items), levels[-1][0]
+    receipts = [
+        Receipt(*f, Seal(signature, i, size, _path(levels, i))) for i, f in enumerate(fields)
+    ]
+    for receipt in receipts:
+        object.__setattr__(receipt, "_root", root)  # (frozen: set once, here)
+    return receipts
 
 
 def _fields(value: object) -> _Fields:

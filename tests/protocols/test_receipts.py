@@ -51,6 +51,32 @@ def test_every_receipt_of_a_frame_proves_itself_with_one_seal_check(count: int) 
     assert len(checked) == 1  # one frame, one signature checked
 
 
+def test_a_receipt_opened_from_its_frame_is_checked_without_walking_its_path_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    walks: list[int] = []
+    walk = mw._root_of
+
+    def counted(leaf: bytes, index: int, size: int, path: tuple[bytes, ...]) -> bytes:
+        walks.append(index)
+        return walk(leaf, index, size, path)
+
+    monkeypatch.setattr(mw, "_root_of", counted)
+    receipts = opened(5)
+    checked: set[bytes] = set()
+    for r in receipts:
+        r.verify(HOST.public_key.raw, checked)
+    assert walks == [] and len(checked) == 1  # the root their frame gave when opened
+    # Kept and read back, or changed, a receipt walks its own path to the root.
+    stored = encode(receipts[3].evidence())
+    mw.Receipt.from_evidence(decode(stored, max_bytes=len(stored), what="kept")).verify(
+        HOST.public_key.raw, checked
+    )
+    with pytest.raises(InvalidSignature):
+        replace(receipts[1], tokens_in=9).verify(HOST.public_key.raw, checked)
+    assert walks == [3, 1]
+
+
 @pytest.mark.parametrize("count", [1, 2, 5, 8])
 def test_a_receipt_changed_after_sealing_is_not_the_providers(count: int) -> None:
     for r in opened(count):
