@@ -46,7 +46,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from dag.codec import as_array, as_bytes, as_int, encode, expect_header
+from dag.codec import Encodable, as_array, as_bytes, as_int, encode, expect_header
 from dag.crypto import PublicKey, Scheme, Signature
 from dag.errors import DecodeError, RemoteProtocolError
 from experts.tokens import count_tokens
@@ -235,7 +235,7 @@ def open_receipts(items: list[Any], signature: bytes) -> list[Receipt]:
     fields = [_fields(item) for item in items]
     # Each leaf from the checked fields (not from the item as it came: the evidence kept is
     # then canonical whatever the encoding that came).
-    levels = _tree([Receipt(*f).leaf() for f in fields])
+    levels = _tree([_leaf_of(f) for f in fields])
     size, root = len(items), levels[-1][0]
     receipts = [
         Receipt(*f, Seal(signature, i, size, _path(levels, i))) for i, f in enumerate(fields)
@@ -264,6 +264,12 @@ def _fields(value: object) -> _Fields:
         as_int(fields[10], "receipt cost", lo=0, hi=MAX_COUNT),
         as_int(fields[11], "receipt charged", lo=0, hi=MAX_COUNT),
     )
+
+
+def _leaf_of(fields: _Fields) -> bytes:
+    """`Receipt(*fields).leaf()`, without making the receipt (fields checked by `_fields`)."""
+    wire_fields: list[Encodable] = [RECEIPT_TAG, RECEIPT_VERSION, *fields]
+    return _leaf(encode(wire_fields, types_checked=True))
 
 
 def _leaf(encoded: bytes) -> bytes:
