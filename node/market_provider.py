@@ -233,13 +233,21 @@ class Till:
         now = self._now_ms()
         if now >= terms.expiry_ms - self._margin_ms:
             raise ChannelRefused("the channel is about to expire: open another")
+        policy = self.policy
         max_tokens = mw.max_tokens(request)
-        if max_tokens > self.policy.max_tokens_per_request:
+        if max_tokens > policy.max_tokens_per_request:
             raise PaymentRefused(
-                f"{max_tokens} tokens is over the cap of {self.policy.max_tokens_per_request}"
+                f"{max_tokens} tokens is over the cap of {policy.max_tokens_per_request}"
             )
         self._limit_day(terms.client, max_tokens, now)
-        price = self._price_for(channel, request.expert, now)
+        expert = request.expert
+        price = self.price(expert)
+        if price is None:
+            raise PaymentRefused(f"this node hosts no expert {expert[:16]}")
+        if channel.quotes:  # (a quote holds its price for the client while it is valid)
+            quoted = channel.quotes.get(expert)
+            if quoted is not None and quoted[1] >= now:
+                price = min(price, quoted[0])
         max_cost = mw.cost_milli(max_tokens, price)
         owed = channel.charged_milli + channel.reserved_milli + max_cost
         if cumulative > terms.deposit:
@@ -345,15 +353,6 @@ class Till:
     def release(self, ticket: object) -> None:
         assert isinstance(ticket, Ticket)
         ticket.channel.reserved_milli -= ticket.max_cost_milli
-
-    def _price_for(self, channel: _Open, expert: str, now: int) -> int:
-        price = self.price(expert)
-        if price is None:
-            raise PaymentRefused(f"this node hosts no expert {expert[:16]}")
-        quoted = channel.quotes.get(expert)
-        if quoted is not None and quoted[1] >= now:
-            price = min(price, quoted[0])
-        return price
 
     def _limit_day(self, client: bytes, tokens: int, now: int) -> None:
         day = now // 86_400_000

@@ -323,12 +323,12 @@ def test_a_replayed_iou_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PaymentRefused, match="replayed"):
         market.till.admit("caller", request)
     # The same IOU with the next call's number: the client's newest IOU, which still pays.
-    again = market.till.admit("caller", replace(request, pay=replace(pay, seq=2)))
+    again = market.till.admit("caller", replace(request, pay=pay._replace(seq=2)))
     assert isinstance(again, Ticket) and again.seq == 2
     market.till.release(again)
     for seq in (2, 1):  # and again as a replay of either call
         with pytest.raises(PaymentRefused, match="replayed"):
-            market.till.admit("caller", replace(request, pay=replace(pay, seq=seq)))
+            market.till.admit("caller", replace(request, pay=pay._replace(seq=seq)))
     state = market.till.state(market.id)
     assert state is not None and state.seq == 2 and state.reserved_milli == 0
 
