@@ -43,6 +43,7 @@ from protocols import market_wire as mw
 from protocols.infer_server import ChannelRefused, PaymentRefused
 
 log = logging.getLogger("swarm.market")
+_row = tuple.__new__
 
 
 @dataclass
@@ -72,6 +73,7 @@ class Ticket:
     max_cost_milli: int
     max_tokens: int
     checked: bool  # the IOU's signature was checked (else `answered` checks it)
+    admitted_ms: int  # when: the charge's time (the clock is not read again for it)
     charge: ReceiptRow | None = None  # what `charge` counted (and journaled)
 
 
@@ -272,7 +274,7 @@ class Till:
             channel.newest = pay
         channel.seq = seq
         channel.reserved_milli += max_cost
-        return Ticket(channel, pay, seq, cumulative, price, max_cost, max_tokens, check_now)
+        return Ticket(channel, pay, seq, cumulative, price, max_cost, max_tokens, check_now, now)
 
     def charge(self, ticket: object, request: wire.Request, result: wire.Result) -> None:
         assert isinstance(ticket, Ticket) and not isinstance(result, wire.ErrorResult)
@@ -281,23 +283,27 @@ class Till:
         cost = mw.cost_milli(tokens, ticket.price)
         channel.reserved_milli -= ticket.max_cost_milli
         channel.charged_milli += cost
-        channel.last_ms = now = self._now_ms()
-        charge = ReceiptRow(
-            channel.row.id,
-            ticket.seq,
-            "provider",
-            channel.row.peer,
-            channel.terms.client,
-            request.expert,
-            result.tokens_in,
-            result.tokens_out,
-            ticket.price,
-            cost,
-            channel.charged_milli,
-            b"",  # (no receipt yet: `answered` makes it)
-            now,
-            "",
-            ticket.iou_bytes if ticket.checked else None,  # (else stored by `answered`)
+        channel.last_ms = now = ticket.admitted_ms
+        # (The row made as a tuple is: `ReceiptRow(...)` runs a Python `__new__`.)
+        charge = _row(
+            ReceiptRow,
+            (
+                channel.row.id,
+                ticket.seq,
+                "provider",
+                channel.row.peer,
+                channel.terms.client,
+                request.expert,
+                result.tokens_in,
+                result.tokens_out,
+                ticket.price,
+                cost,
+                channel.charged_milli,
+                b"",  # (no receipt yet: `answered` makes it)
+                now,
+                "",
+                ticket.iou_bytes if ticket.checked else None,  # (else stored by `answered`)
+            ),
         )
         self.store.record_charge(charge)
         self._served_today += tokens

@@ -273,25 +273,23 @@ class MarketStore:
 
     # -- receipts -------------------------------------------------------------------------
 
-    def record_charge(self, row: ReceiptRow) -> None:
-        """A provider's charged call, journaled before its answer goes out: a receipts row
-        with what settlement needs (the counts, and the IOU when it was checked before the
-        answer) and no receipt yet (an empty body; the till builds the row itself, once, on
-        the call's path). `record_served` replaces it once the receipt is made; a crash in
-        between leaves it: the charge stands, the receipt was never sent."""
-        self._journaled_row(row)
-
     def record_served(self, peer: str, client: bytes, receipt: Any, iou: bytes | None) -> None:
         """A provider's receipt (its fields: the seal goes on the frame that carries it) with
         the IOU that pays for it, once checked (None: it failed its late check, and an
         earlier one pays). The channel's total, seq and newest IOU are read back from these
         rows."""
         body = _body(receipt)
-        self._journaled_row(
+        self.record_charge(
             _receipt_row("provider", peer, client, receipt, "", iou, body, self._now_ms())
         )
 
-    def _journaled_row(self, row: ReceiptRow) -> None:
+    def record_charge(self, row: ReceiptRow) -> None:
+        """A provider's charged call, journaled before its answer goes out: a receipts row
+        with what settlement needs (the counts, and the IOU when it was checked before the
+        answer) and no receipt yet (an empty body; the till builds the row itself, once, on
+        the call's path). `record_served` replaces it once the receipt is made; a crash in
+        between leaves it: the charge stands, the receipt was never sent. (Also how
+        `record_served` journals its row.)"""
         if not self._served:
             self.on_served()  # the first record since the last flush
         self._journal.append(packb(row))
