@@ -22,6 +22,11 @@ between 3.6% and 21.8%. So `--pairs` (3) pairs of meshes are measured one pair a
 other: the p50s are of all pairs' calls pooled (`overhead_pct_pairs`: each pair's own), the
 calls per second the median of the pairs'.
 
+Where the processes run is fixed (`--placement`, `apart` by default): this process, with
+both callers, on one CPU and every daemon on another, as a client and a provider on two
+hosts. Left to the scheduler, a daemon shared the callers' CPU in some runs and not in
+others, which moved the unpaid p50 between 0.55 and 0.76 ms and each pair's overhead with it.
+
 Settlement: rounds of paid calls, each ended by node-0's `market settle` (as the daemon does
 on its own before a channel's expiry); the time from the round's last answer until the
 settle is applied on node-0's ledger.
@@ -38,10 +43,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -97,6 +103,7 @@ async def settle_rounds(caller: Node, provider: Client, rounds: int) -> list[flo
     return times
 
 
+CPUS = os.sched_getaffinity(0)  # as this process started: given back after each pair
 BLOCK = 250  # calls in a row to one mesh before the other's turn
 SETTLE = 100  # the first calls of each turn, not timed (about 100 ms: see `measure`)
 
@@ -153,7 +160,31 @@ async def measure(
     return out
 
 
-def run(calls: int, concurrency: int, rounds: int) -> dict[str, dict[str, Any]]:
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of process `pid` onto `cpus` (a thread keeps the mask it was made with:
+    the process's own call would move its main thread only)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with suppress(ProcessLookupError):  # (a thread that ended meanwhile)
+            os.sched_setaffinity(int(task.name), cpus)
+
+
+def place(placement: str, meshes: list[Path]) -> None:
+    """Where the processes run. `apart`: this process (both callers) on one CPU, the meshes'
+    daemons on another, as a client and a provider on two hosts; `one`: all on one CPU;
+    `os`: where the scheduler puts them (each run's own luck)."""
+    if placement == "os":
+        return
+    cpus = sorted(CPUS)
+    ours = {cpus[0]}
+    theirs = {cpus[1]} if placement == "apart" and len(cpus) > 1 else ours
+    pin(os.getpid(), ours)
+    for mesh in meshes:
+        nodes = Mesh(mesh)
+        nodes.load()
+        pin(nodes.nodes[0].pid, theirs)
+
+
+def run(calls: int, concurrency: int, rounds: int, placement: str) -> dict[str, dict[str, Any]]:
     """One free and one paid mesh, measured side by side (`measure`)."""
     with tempfile.TemporaryDirectory() as tmp:
         free, paid = Path(tmp) / "free", Path(tmp) / "paid"
@@ -172,13 +203,20 @@ def run(calls: int, concurrency: int, rounds: int) -> dict[str, dict[str, Any]]:
                     *flags,
                 )
                 started.append(mesh)
+            place(placement, started)
             return trio.run(measure, free, paid, calls, concurrency, rounds)
         finally:
             for mesh in started:
                 cli("mesh", "stop", "--dir", str(mesh))
+            # The next pair's daemons start as this pair's did. Started on the callers' one
+            # CPU and then moved, a daemon sent its answers in about 340 us, not 60 (why was
+            # not found: something in it may size itself by the CPUs it starts with).
+            pin(os.getpid(), CPUS)
 
 
-def pairs(count: int, calls: int, concurrency: int, rounds: int) -> dict[str, dict[str, Any]]:
+def pairs(
+    count: int, calls: int, concurrency: int, rounds: int, placement: str
+) -> dict[str, dict[str, Any]]:
     """`run` for `count` pairs of meshes, one pair after the other; their calls pooled, the
     settlement rounds shared out among them."""
     both: dict[str, dict[str, Any]] = {
@@ -187,7 +225,7 @@ def pairs(count: int, calls: int, concurrency: int, rounds: int) -> dict[str, di
     }
     both["paid"]["settle_s"] = []
     for i in range(count):
-        one = run(calls, concurrency, rounds // count + (i < rounds % count))
+        one = run(calls, concurrency, rounds // count + (i < rounds % count), placement)
         for kind, got in one.items():
             mine = both[kind]
             mine["ms"] += got["ms"]
@@ -205,12 +243,13 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3, help="pairs of meshes, pooled")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=7, help="settlement rounds")
+    parser.add_argument("--placement", choices=("apart", "one", "os"), default="apart")
     args = parser.parse_args()
     # As a daemon logs: warnings of ours, and not py-libp2p's churn (a connection coming in
     # while node-1 stops is logged with a traceback otherwise).
     setup_logging(level="warning")
     args.pairs = max(1, args.pairs)
-    both = pairs(args.pairs, args.calls, args.concurrency, max(1, args.rounds))
+    both = pairs(args.pairs, args.calls, args.concurrency, max(1, args.rounds), args.placement)
     unpaid, paid = both["unpaid"], both["paid"]
     unpaid_p50, paid_p50 = pct(unpaid["ms"], 0.5), pct(paid["ms"], 0.5)
     result = {
@@ -233,6 +272,7 @@ def main() -> None:
         "channel_open_s": paid["first_call_s"],
         "concurrency": args.concurrency,
         "pairs": args.pairs,
+        "placement": args.placement,
         "targets": {"overhead_pct": 10},
     }
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
