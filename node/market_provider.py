@@ -73,7 +73,7 @@ class Ticket:
     max_cost_milli: int
     max_tokens: int
     checked: bool  # the IOU's signature was checked (else `answered` checks it)
-    admitted_ms: int  # when: the charge's time (the clock is not read again for it)
+    admitted_ms: int  # when it was admitted: its charge's time (the clock is not read again)
     charge: ReceiptRow | None = None  # what `charge` counted (and journaled)
 
 
@@ -284,7 +284,8 @@ class Till:
         channel.reserved_milli -= ticket.max_cost_milli
         channel.charged_milli += cost
         channel.last_ms = now = ticket.admitted_ms
-        # (The row made as a tuple is: `ReceiptRow(...)` runs a Python `__new__`.)
+        # (Made from a tuple: `ReceiptRow(...)` would run the named tuple's Python `__new__`,
+        # one frame more on the call's path.)
         charge = _row(
             ReceiptRow,
             (
