@@ -213,22 +213,43 @@ class Market:
 
     # -- client: the payer ----------------------------------------------------------------
 
+    def ready(
+        self, provider: str, request: wire.Request, price: int, max_price: int | None = None
+    ) -> PayTicket | None:
+        """`prepare` at once, in its common case (no coroutine on the call's path): a ticket
+        on the channel open with `provider` while its quote holds. None when `prepare` is to
+        be awaited: a quote to ask, a channel to resync or open, or a provider that is free."""
+        now = self._now_ms()
+        known = self._quotes.get(provider)
+        if known is None or known.until_ms <= now or not known.quote.paid:
+            return None
+        account = known.account
+        channel = self.purse.channel(account) if account is not None else None
+        if (
+            channel is None
+            or not channel.synced
+            or now >= channel.terms.expiry_ms - self._margin_ms
+        ):
+            return None
+        assert account is not None
+        price = self._price(provider, known.quote, request, price, max_price)
+        return self._reserve(channel, provider, account, request, price)
+
     async def prepare(
         self, provider: str, request: wire.Request, price: int, max_price: int | None = None
     ) -> PayTicket | None:
+        ticket = self.ready(provider, request, price, max_price)
+        if ticket is not None:
+            return ticket
         now = self._now_ms()
         known = self._quotes.get(provider)
-        if known is None or known.until_ms <= now:  # (else held: no coroutine to run)
+        if known is None or known.until_ms <= now:
             await self._quote_of(provider)
             known = self._quotes[provider]
         quote = known.quote
         if not quote.paid:
             return None
-        price = quote.prices.get(request.expert, price)
-        if max_price is not None and price > max_price:
-            raise OverPrice(
-                f"provider {provider[-8:]} asks {price} per 1,000 tokens, over {max_price}"
-            )
+        price = self._price(provider, quote, request, price, max_price)
         account = known.account or self._account_of(provider)
         if account is None:
             raise ChannelFailed(f"no account is known for provider {provider[-8:]}")
@@ -237,15 +258,40 @@ class Market:
             await self._resync(provider, channel)
             channel = self.purse.channel(account)
         if channel is not None and now < channel.terms.expiry_ms - self._margin_ms:
-            ticket = self.purse.reserve(channel, provider, request, price)
+            ticket = self._reserve(channel, provider, account, request, price)
             if ticket is not None:
-                if channel.room_milli() < channel.terms.deposit * 1000 * REFILL_AT:
-                    self._open_ahead(provider, account, request, price)
                 return ticket
         channel = await self._opened(provider, account, request, price)
         ticket = self.purse.reserve(channel, provider, request, price)
         if ticket is None:
             raise ChannelFailed("a new channel cannot pay for the call")
+        return ticket
+
+    @staticmethod
+    def _price(
+        provider: str, quote: mw.Quote, request: wire.Request, price: int, max_price: int | None
+    ) -> int:
+        """The call's price by the provider's quote; `OverPrice` above `max_price`."""
+        price = quote.prices.get(request.expert, price)
+        if max_price is not None and price > max_price:
+            raise OverPrice(
+                f"provider {provider[-8:]} asks {price} per 1,000 tokens, over {max_price}"
+            )
+        return price
+
+    def _reserve(
+        self,
+        channel: ClientChannel,
+        provider: str,
+        account: bytes,
+        request: wire.Request,
+        price: int,
+    ) -> PayTicket | None:
+        """The call's reservation on `channel` (None if it cannot pay); the next channel is
+        opened ahead once this one is nearly used up."""
+        ticket = self.purse.reserve(channel, provider, request, price)
+        if ticket is not None and channel.room_milli() < channel.terms.deposit * 1000 * REFILL_AT:
+            self._open_ahead(provider, account, request, price)
         return ticket
 
     def _open_ahead(self, provider: str, account: bytes, request: wire.Request, price: int) -> None:
@@ -290,14 +336,6 @@ class Market:
         finally:
             del self._opening[account]
             opening.done.set()
-
-    def sign(self, ticket: object) -> wire.Pay:
-        assert isinstance(ticket, PayTicket)
-        return self.purse.sign(ticket)
-
-    def ahead(self, ticket: object) -> None:
-        assert isinstance(ticket, PayTicket)
-        self.purse.ahead(ticket)
 
     def paid(self, ticket: object, result: wire.TextResult | wire.ArrayResult) -> int:
         assert isinstance(ticket, PayTicket)

@@ -2,12 +2,12 @@
 it checks.
 
 Per provider account there is at most one open channel. A call `reserve`s its largest cost on
-it (refused when the channel cannot pay: the caller opens another), takes the next number on
-the channel and the IOU that pays for what the client counts it owes plus every reservation
-(`sign`), and `record`s the answer's cost by the client's own count of the tokens. IOUs name
-whole credits, so one pays for many small calls: a call whose cost the newest IOU still
-covers carries that IOU again, and only a call that needs the amount to rise has one signed
-(an Ed25519 signature costs more than the rest of the call's payment).
+it (refused when the channel cannot pay: the caller opens another); its ticket's `pay` takes
+the next number on the channel and the IOU that pays for what the client counts it owes plus
+every reservation, and `record` counts the answer's cost by the client's own count of the
+tokens. IOUs name whole credits, so one pays for many small calls: a call whose cost the
+newest IOU still covers carries that IOU again, and only a call that needs the amount to rise
+has one signed (an Ed25519 signature costs more than the rest of the call's payment).
 
 The answer's receipt comes after it, in a frame of receipts under one seal (`receipts`), and
 is checked against the provider's host key (one signature check per frame), the request and
@@ -15,10 +15,10 @@ answer it names, and that count. A receipt that claims more than the client coun
 marked disputed, and the client goes on paying by its own count; the provider can never
 claim more than the newest IOU, which names the client's count plus open reservations.
 
-While a call's answer is on its way, `ahead` signs the IOU the next call will need if it is
-like this one and the newest IOU will not cover it (only when the call is the channel's only
-one open): a client making one call after another signs while it waits, not on the next
-call, and `sign` uses that IOU only if it names exactly the amount a call needs.
+While a call's answer is on its way, its ticket's `sent` signs the IOU the next call will
+need if it is like this one and the newest IOU will not cover it (only when the call is the
+channel's only one open): a client making one call after another signs while it waits, not on
+the next call, and `pay` uses that IOU only if it names exactly the amount a call needs.
 """
 
 from __future__ import annotations
@@ -70,6 +70,38 @@ class PayTicket:
     price: int
     max_cost_milli: int
     seq: int = 0  # its IOU's, once signed
+
+    def pay(self) -> wire.Pay:
+        """The call's number and IOU (made as the request goes on the wire: the
+        `infer_client.Payment` of the call): the newest IOU while it pays for what we owe
+        with every reservation, else one signed for this call, or signed for it ahead."""
+        channel = self.channel
+        cumulative = max(1, mw.credits_for(channel.owed_milli + channel.reserved_milli))
+        channel.seq = self.seq = seq = channel.seq + 1
+        newest = channel.newest
+        if newest is None or newest[0] < cumulative:
+            spare, channel.spare = channel.spare, None
+            if spare is not None and spare[0] == cumulative:
+                newest = spare  # signed ahead (for a number at or below this call's)
+            else:
+                iou = Iou.create(channel.key, channel.id, cumulative, seq)
+                newest = (cumulative, iou.to_bytes())
+            channel.newest = newest
+        return wire.Pay(newest[1], seq)
+
+    def sent(self) -> None:
+        """The call's request is sent: sign the IOU of a next call like it, while we wait, if
+        the newest IOU will not pay for that call."""
+        channel = self.channel
+        if channel.spare is not None or channel.reserved_milli != self.max_cost_milli:
+            return  # one is signed already, or other calls are open: the next is not known
+        # What we will owe if this answer costs its most, and the next call reserves as much.
+        cumulative = max(1, mw.credits_for(channel.owed_milli + 2 * self.max_cost_milli))
+        if channel.newest is not None and cumulative <= channel.newest[0]:
+            return  # the next call carries the newest IOU again
+        if cumulative <= channel.terms.deposit:
+            iou = Iou.create(channel.key, channel.id, cumulative, channel.seq + 1)
+            channel.spare = (cumulative, iou.to_bytes())
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,39 +181,6 @@ class Purse:
             return None
         channel.reserved_milli += max_cost
         return PayTicket(channel, provider, request, price, max_cost)
-
-    def sign(self, ticket: PayTicket) -> wire.Pay:
-        """The call's number and IOU (called as the request goes on the wire): the newest
-        IOU while it pays for what we owe with every reservation, else one signed for this
-        call, or signed for it ahead."""
-        channel = ticket.channel
-        cumulative = max(1, mw.credits_for(channel.owed_milli + channel.reserved_milli))
-        channel.seq += 1
-        ticket.seq = channel.seq
-        newest = channel.newest
-        if newest is None or newest[0] < cumulative:
-            spare, channel.spare = channel.spare, None
-            if spare is not None and spare[0] == cumulative:
-                newest = spare  # signed ahead (for a number at or below this call's)
-            else:
-                iou = Iou.create(channel.key, channel.id, cumulative, channel.seq)
-                newest = (cumulative, iou.to_bytes())
-            channel.newest = newest
-        return wire.Pay(newest[1], channel.seq)
-
-    def ahead(self, ticket: PayTicket) -> None:
-        """The call's request is sent: sign the IOU of a next call like it, while we wait, if
-        the newest IOU will not pay for that call."""
-        channel = ticket.channel
-        if channel.spare is not None or channel.reserved_milli != ticket.max_cost_milli:
-            return  # one is signed already, or other calls are open: the next is not known
-        # What we will owe if this answer costs its most, and the next call reserves as much.
-        cumulative = max(1, mw.credits_for(channel.owed_milli + 2 * ticket.max_cost_milli))
-        if channel.newest is not None and cumulative <= channel.newest[0]:
-            return  # the next call carries the newest IOU again
-        if cumulative <= channel.terms.deposit:
-            iou = Iou.create(channel.key, channel.id, cumulative, channel.seq + 1)
-            channel.spare = (cumulative, iou.to_bytes())
 
     def release(self, ticket: PayTicket) -> None:
         ticket.channel.reserved_milli -= ticket.max_cost_milli

@@ -44,6 +44,7 @@ from protocols.infer_server import ChannelRefused, PaymentRefused
 
 log = logging.getLogger("swarm.market")
 _row = tuple.__new__
+DAY_MS = 86_400_000
 
 
 @dataclass
@@ -106,7 +107,7 @@ class Till:
         self._newest: dict[bytes, tuple[_Open, int]] = {}
         self._served_today = store.tokens_today("provider")
         self._client_today: dict[bytes, int] = {}  # filled from the store on first use
-        self._day = now_ms() // 86_400_000
+        self._day = now_ms() // DAY_MS
         for row in store.channels(role="provider", state="open"):
             self._serve(row)
 
@@ -115,8 +116,9 @@ class Till:
     def price(self, expert: str) -> int | None:
         """The price per 1,000 tokens now: the floor, raised with the queue up to the ceiling."""
         floor = self._floor(expert)
-        if floor is None:
-            return None
+        return None if floor is None else self._priced(expert, floor)
+
+    def _priced(self, expert: str, floor: int) -> int:
         ceiling = self.policy.price_ceiling
         if ceiling <= floor:
             return floor
@@ -241,11 +243,21 @@ class Till:
             raise PaymentRefused(
                 f"{max_tokens} tokens is over the cap of {policy.max_tokens_per_request}"
             )
-        self._limit_day(terms.client, max_tokens, now)
+        client = terms.client
+        used = self._client_today.get(client)
+        if (
+            used is None
+            or used + max_tokens > policy.client_tokens_per_day
+            or self._served_today + max_tokens > policy.tokens_per_day
+            or now // DAY_MS != self._day
+        ):
+            self._limit_day(client, max_tokens, now)  # (refuses, or turns the day, or reads)
         expert = request.expert
-        price = self.price(expert)
+        price = self._floor(expert)
         if price is None:
             raise PaymentRefused(f"this node hosts no expert {expert[:16]}")
+        if policy.price_ceiling > price:
+            price = self._priced(expert, price)
         if channel.quotes:  # (a quote holds its price for the client while it is valid)
             quoted = channel.quotes.get(expert)
             if quoted is not None and quoted[1] >= now:
@@ -362,7 +374,7 @@ class Till:
         ticket.channel.reserved_milli -= ticket.max_cost_milli
 
     def _limit_day(self, client: bytes, tokens: int, now: int) -> None:
-        day = now // 86_400_000
+        day = now // DAY_MS
         if day != self._day:
             self._day, self._served_today = day, 0
             self._client_today.clear()

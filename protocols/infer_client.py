@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -40,6 +40,16 @@ class CallFailed(SwarmError):
         self.code = code
         self.provider = provider
         self.expert = expert
+
+
+class Payment(Protocol):
+    """What pays for one call (the market's ticket for it)."""
+
+    def pay(self) -> wire.Pay:
+        """The call's number and IOU, made as its request goes on the wire."""
+
+    def sent(self) -> None:
+        """The request is on the wire: work that can be done while the answer comes."""
 
 
 class _Pending:
@@ -113,24 +123,20 @@ class InferChannel:
             return self._line
 
     async def call(
-        self,
-        request: wire.Request,
-        pay: Callable[[], wire.Pay] | None = None,
-        on_sent: Callable[[], None] | None = None,
+        self, request: wire.Request, payment: Payment | None = None
     ) -> wire.TextResult | wire.ArrayResult:
-        """Send `request` and wait for its answer; the caller bounds the wait. `pay` makes what
-        pays for the call; it runs under the send lock, so paid calls go out in the order of
-        their numbers. `on_sent` runs once the request is on the wire: work to do while the
-        answer comes."""
+        """Send `request` and wait for its answer; the caller bounds the wait. A paid call's
+        `payment` makes what pays for it under the send lock (so paid calls go out in the
+        order of their numbers), and is told once the request is on the wire."""
         line = await self._stream()
-        pending = line.pending[request.id] = _Pending(pay is not None)
+        pending = line.pending[request.id] = _Pending(payment is not None)
         try:
             async with self._send_lock:
                 sent = False
                 try:
                     body = request.encode()
-                    if pay is not None:
-                        pay().add_to(body)
+                    if payment is not None:
+                        payment.pay().add_to(body)
                     await line.framed.send(body)
                     sent = True
                 finally:
@@ -138,8 +144,8 @@ class InferChannel:
                         # Cancelled or failed part-way through a frame: the stream's framing
                         # is broken for every later call, so it goes, with the calls on it.
                         self._fail(line, NetworkError("a call broke off mid-frame", peer=self.peer))
-            if on_sent is not None:
-                on_sent()
+            if payment is not None:
+                payment.sent()
             while not pending.settled:
                 if line.reading:
                     await pending.wake.wait()

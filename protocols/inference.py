@@ -25,7 +25,7 @@ import experts
 from dag.errors import SwarmError
 from experts.directory import Directory
 from protocols import infer_wire as wire
-from protocols.infer_client import CallFailed, InferChannel
+from protocols.infer_client import CallFailed, InferChannel, Payment
 from protocols.infer_server import ExpertHost
 
 log = logging.getLogger("swarm.infer")
@@ -55,18 +55,18 @@ class InferenceFailed(SwarmError):
 class Payer(Protocol):
     """Pays providers that charge: the market's client side (`node.market.Market`)."""
 
+    def ready(
+        self, provider: str, request: wire.Request, price: int, max_price: int | None = None
+    ) -> Payment | None:
+        """`prepare` at once when it needs no waiting (the common case), else None."""
+
     async def prepare(
         self, provider: str, request: wire.Request, price: int, max_price: int | None = None
-    ) -> object | None:
+    ) -> Payment | None:
         """A ticket that reserves the call's largest cost on a channel with `provider`
-        (opened first if need be), or None when the provider serves for free. Raises
-        `OverPrice` when the provider now asks more than `max_price` per 1,000 tokens."""
-
-    def sign(self, ticket: object) -> wire.Pay:
-        """What pays for a prepared call (its IOU), made as its request goes on the wire."""
-
-    def ahead(self, ticket: object) -> None:
-        """The call's request is on the wire: work that can be done while the answer comes."""
+        (opened first if need be) and pays for the call, or None when the provider serves
+        for free. Raises `OverPrice` when the provider now asks more than `max_price` per
+        1,000 tokens."""
 
     def paid(self, ticket: object, result: wire.TextResult | wire.ArrayResult) -> int:
         """Count the answer; what the call cost in milli-credits (its receipt comes after)."""
@@ -382,14 +382,14 @@ class Inference:
         assert payer is not None
         channel = self._channel_for(provider)
         for again in (True, False):
-            ticket = await payer.prepare(provider, call, price, max_price)
+            ticket = payer.ready(provider, call, price, max_price) or await payer.prepare(
+                provider, call, price, max_price
+            )
             started = time.perf_counter()
             if ticket is None:
                 return await channel.call(call), 0, started
             try:
-                result = await channel.call(
-                    call, pay=partial(payer.sign, ticket), on_sent=partial(payer.ahead, ticket)
-                )
+                result = await channel.call(call, ticket)
             except CallFailed as exc:
                 payer.unpaid(ticket, exc)
                 if again and exc.code == "channel":

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from dag.kinds import default_registry
 from dag.ledger import Ledger
 from node import market_client, market_provider
 from node.config import MarketConfig
-from node.market_client import Paid, Purse, new_channel_row
+from node.market_client import Paid, PayTicket, Purse, new_channel_row
 from node.market_provider import Ticket, Till
 from node.market_store import MarketStore
 from protocols import infer_wire as wire
@@ -139,6 +138,19 @@ def _request(i: int, rows: int = 1) -> wire.TensorRequest:
     return wire.TensorRequest.of(i, FFN.expert_id, 5_000, x)
 
 
+class _PayOnly:
+    """A ticket's payment without its signing ahead (`sent`)."""
+
+    def __init__(self, ticket: PayTicket) -> None:
+        self.ticket = ticket
+
+    def pay(self) -> wire.Pay:
+        return self.ticket.pay()
+
+    def sent(self) -> None:
+        pass
+
+
 async def _paid_call(
     market: Market, channel: InferChannel, i: int, rows: int = 1, *, ahead: bool = False
 ) -> Any:
@@ -146,11 +158,7 @@ async def _paid_call(
     ticket = market.purse.reserve(market.channel, "provider", request, PRICE)
     assert ticket is not None
     try:
-        result = await channel.call(
-            request,
-            pay=lambda: market.purse.sign(ticket),
-            on_sent=(lambda: market.purse.ahead(ticket)) if ahead else None,
-        )
+        result = await channel.call(request, ticket if ahead else _PayOnly(ticket))
     except BaseException:
         market.purse.release(ticket)
         raise
@@ -218,13 +226,13 @@ async def test_calls_the_newest_iou_pays_for_carry_it_again_and_the_next_is_sign
 
     monkeypatch.setattr(market_provider, "iou_head", unpacking)
     sent: list[wire.Pay] = []  # what every call carried
-    sign = market.purse.sign
+    sign = PayTicket.pay
 
-    def kept(ticket: Any) -> wire.Pay:
+    def kept(ticket: PayTicket) -> wire.Pay:
         sent.append(sign(ticket))
         return sent[-1]
 
-    monkeypatch.setattr(market.purse, "sign", kept)
+    monkeypatch.setattr(PayTicket, "pay", kept)
     with trio.fail_after(20):
         async with serving(host, market) as channel:
             # 1 row: 0.02 credits; 24 rows: 0.48. Owed after each call: 0.02, 0.5, 0.98.
@@ -422,7 +430,7 @@ async def test_receipts_made_together_go_together_in_a_sealed_frame_of_their_own
     async def call(i: int) -> float:
         ticket = market.purse.reserve(market.channel, "provider", _request(i), PRICE)
         assert ticket is not None
-        await framed.send(replace(_request(i), pay=market.purse.sign(ticket)).encode())
+        await framed.send(replace(_request(i), pay=ticket.pay()).encode())
         answer = await framed.receive()
         assert answer is not None and answer["id"] == i and "receipts" not in answer
         return trio.current_time()
@@ -474,7 +482,7 @@ async def test_receipts_not_sent_when_the_stream_ends_are_made_and_stored_all_th
             for i in (1, 2):
                 ticket = market.purse.reserve(market.channel, "provider", _request(i), PRICE)
                 assert ticket is not None
-                await framed.send(replace(_request(i), pay=market.purse.sign(ticket)).encode())
+                await framed.send(replace(_request(i), pay=ticket.pay()).encode())
                 assert (await framed.receive() or {}).get("id") == i
             serving.cancel()  # before RECEIPT_DELAY_S: no frame of receipts was sent
             await trio.testing.wait_all_tasks_blocked()
@@ -493,7 +501,7 @@ def _served(market: Market, i: int) -> tuple[Any, wire.ArrayResult, mw.Receipt]:
     client's ticket, the answer, the provider's receipt of it, not sealed yet)."""
     ticket = market.purse.reserve(market.channel, "provider", _request(i), PRICE)
     assert ticket is not None
-    request = replace(_request(i), pay=market.purse.sign(ticket))
+    request = replace(_request(i), pay=ticket.pay())
     admitted = market.till.admit("caller", request)
     result = wire.ArrayResult(i, FFN.expert_id, 1, 64, bytes(256), 1, 1, 5)
     market.till.charge(admitted, request, result)
@@ -542,7 +550,7 @@ def test_an_answer_whose_receipt_never_comes_is_kept_disputed_at_our_count(
     purse = market.purse
     ticket = purse.reserve(market.channel, "provider", _request(1, rows=2), PRICE)
     assert ticket is not None
-    purse.sign(ticket)
+    ticket.pay()
     result = wire.ArrayResult(1, FFN.expert_id, 2, 64, bytes(512), 2, 2, 5)
     assert purse.record(ticket, result) == 4 * PRICE
     assert purse.awaiting() == 1 and purse.check() == []  # still waiting for it
@@ -656,7 +664,7 @@ async def test_a_client_restarted_before_keeping_receipts_resumes_from_the_provi
                 request = _request(i)
                 ticket = market.purse.reserve(market.channel, "provider", request, PRICE)
                 assert ticket is not None
-                result = await channel.call(request, pay=partial(market.purse.sign, ticket))
+                result = await channel.call(request, _PayOnly(ticket))
                 market.purse.record(ticket, result)
             market.purse.store.close()  # a kill -9 of the client
             purse = Purse(
@@ -669,7 +677,7 @@ async def test_a_client_restarted_before_keeping_receipts_resumes_from_the_provi
             stale = purse.reserve(again, "provider", _request(7), PRICE)
             assert stale is not None
             with pytest.raises(CallFailed, match="replayed"):
-                await channel.call(_request(7), pay=lambda: purse.sign(stale))
+                await channel.call(_request(7), _PayOnly(stale))
             purse.release(stale)
             served = market.till.state(market.id)
             assert served is not None
@@ -679,7 +687,7 @@ async def test_a_client_restarted_before_keeping_receipts_resumes_from_the_provi
             market.purse, market.keep_receipts = purse, True
             ticket = purse.reserve(again, "provider", _request(8), PRICE)
             assert ticket is not None
-            result = await channel.call(_request(8), pay=lambda: purse.sign(ticket))
+            result = await channel.call(_request(8), _PayOnly(ticket))
             assert purse.record(ticket, result) == 2 * PRICE
             market.check()
             paid = await market.paid_for(ticket.seq)
