@@ -27,6 +27,12 @@ both callers, on one CPU and every daemon on another, as a client and a provider
 hosts. Left to the scheduler, a daemon shared the callers' CPU in some runs and not in
 others, which moved the unpaid p50 between 0.55 and 0.76 ms and each pair's overhead with it.
 
+The machine's speed moves under the calls: in one pair the unpaid calls' wait for an answer
+fell into two modes 100 us apart, in the next into one. The pooled p50s weigh such modes as
+they fell; `overhead_pct_turns`, the median over turns of a paid turn's p50 against the unpaid
+turn just before it, weighs them less (a steadier figure for comparing two versions of the
+code; the target is for `overhead_pct`).
+
 Settlement: rounds of paid calls, each ended by node-0's `market settle` (as the daemon does
 on its own before a channel's expiry); the time from the round's last answer until the
 settle is applied on node-0's ledger.
@@ -143,15 +149,19 @@ async def measure(
             await sequential(caller, 200)  # warm
             await generations(caller, 0, warm=5)
         latencies: dict[str, list[float]] = {"unpaid": [], "paid": []}
+        turns: dict[str, list[float]] = {"unpaid": [], "paid": []}  # each turn's p50
         gens: dict[str, list[float]] = {"unpaid": [], "paid": []}
         for _ in range(max(1, -(-calls // (BLOCK - SETTLE)))):
             for kind, caller in callers.items():
-                latencies[kind] += (await sequential(caller, BLOCK))[SETTLE:]
+                timed = (await sequential(caller, BLOCK))[SETTLE:]
+                latencies[kind] += timed
+                turns[kind].append(pct(timed, 0.5))
         for _ in range(max(4, calls // 100)):
             for kind, caller in callers.items():
                 gens[kind] += await generations(caller, 5)
         for kind, caller in callers.items():
             out[kind]["ms"] = latencies[kind]
+            out[kind]["turn_p50_ms"] = turns[kind]
             out[kind]["gen32_ms"] = gens[kind]
             out[kind]["calls_per_s"] = await call_rate(caller, calls * 2, concurrency)
         out["paid"]["settle_s"] = await settle_rounds(
@@ -220,7 +230,7 @@ def pairs(
     """`run` for `count` pairs of meshes, one pair after the other; their calls pooled, the
     settlement rounds shared out among them."""
     both: dict[str, dict[str, Any]] = {
-        kind: {"ms": [], "gen32_ms": [], "calls_per_s": [], "p50_ms": []}
+        kind: {"ms": [], "gen32_ms": [], "calls_per_s": [], "p50_ms": [], "turn_p50_ms": []}
         for kind in ("unpaid", "paid")
     }
     both["paid"]["settle_s"] = []
@@ -229,6 +239,7 @@ def pairs(
         for kind, got in one.items():
             mine = both[kind]
             mine["ms"] += got["ms"]
+            mine["turn_p50_ms"] += got["turn_p50_ms"]
             mine["gen32_ms"] += got["gen32_ms"]
             mine["calls_per_s"].append(got["calls_per_s"])
             mine["p50_ms"].append(pct(got["ms"], 0.5))
@@ -260,6 +271,13 @@ def main() -> None:
             round(100 * (p / u - 1), 1)
             for u, p in zip(unpaid["p50_ms"], paid["p50_ms"], strict=True)
         ],
+        "overhead_pct_turns": pct(
+            [
+                100 * (p / u - 1)
+                for u, p in zip(unpaid["turn_p50_ms"], paid["turn_p50_ms"], strict=True)
+            ],
+            0.5,
+        ),
         "unpaid_p99_ms": pct(unpaid["ms"], 0.99),
         "paid_p99_ms": pct(paid["ms"], 0.99),
         "unpaid_calls_per_s": pct(unpaid["calls_per_s"], 0.5),
