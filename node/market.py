@@ -224,14 +224,15 @@ class Market:
         if known is None or known.until_ms <= now or not known.quote.paid:
             return None
         account = known.account
-        channel = self.purse.channel(account) if account is not None else None
+        if account is None:
+            return None
+        channel = self.purse.channel(account)
         if (
             channel is None
             or not channel.synced
             or now >= channel.terms.expiry_ms - self._margin_ms
         ):
             return None
-        assert account is not None
         price = self._price(provider, known.quote, request, price, max_price)
         return self._reserve(channel, provider, account, request, price)
 
