@@ -340,8 +340,10 @@ class Market:
 
     def paid(self, ticket: object, result: wire.TextResult | wire.ArrayResult) -> int:
         assert isinstance(ticket, PayTicket)
-        cost = self.purse.record(ticket, result)  # (its receipt comes after: `receipts`)
-        if self.purse.queued:  # (it came before the answer was counted)
+        # What the answer changes in the purse is recorded off the call's path (the next
+        # call's `sent`, or the checker); its receipt comes after it (`receipts`).
+        cost = self.purse.count(ticket, result)
+        if self.purse.early:  # (a receipt came before its answer was counted)
             self._unchecked.set()
         return cost
 

@@ -4,10 +4,16 @@ it checks.
 Per provider account there is at most one open channel. A call `reserve`s its largest cost on
 it (refused when the channel cannot pay: the caller opens another); its ticket's `pay` takes
 the next number on the channel and the IOU that pays for what the client counts it owes plus
-every reservation, and `record` counts the answer's cost by the client's own count of the
+every reservation, and `count` counts the answer's cost by the client's own count of the
 tokens. IOUs name whole credits, so one pays for many small calls: a call whose cost the
 newest IOU still covers carries that IOU again, and only a call that needs the amount to rise
 has one signed (an Ed25519 signature costs more than the rest of the call's payment).
+
+What an answer changes in the purse (its reservation released, its cost owed, the answer
+waiting for its receipt) is recorded off the call's path, by `catch_up`: in the next call's
+`sent`, while that call waits for its answer, or first thing in whatever reads those. Until
+then the answer's reservation, which covers its cost, stands for it. (Done on the path, this
+bookkeeping cost a paid call about 7 us of its latency, in an A/B of the two.)
 
 The answer's receipt comes after it, in a frame of receipts under one seal (`receipts`), and
 is checked against the provider's host key (one signature check per frame), the request and
@@ -64,6 +70,7 @@ class ClientChannel:
 
 @dataclass(slots=True)
 class PayTicket:
+    purse: Purse
     channel: ClientChannel
     provider: str
     request: wire.Request
@@ -90,8 +97,11 @@ class PayTicket:
         return wire.Pay(newest[1], seq)
 
     def sent(self) -> None:
-        """The call's request is sent: sign the IOU of a next call like it, while we wait, if
-        the newest IOU will not pay for that call."""
+        """The call's request is sent: while we wait, catch up with the answers counted
+        before (`Purse.catch_up`), and sign the IOU of a next call like this one if the
+        newest IOU will not pay for that call."""
+        if self.purse.behind:
+            self.purse.catch_up()
         channel = self.channel
         if channel.spare is not None or channel.reserved_milli != self.max_cost_milli:
             return  # one is signed already, or other calls are open: the next is not known
@@ -124,6 +134,8 @@ _Unchecked = tuple[PayTicket, wire.TextResult | wire.ArrayResult, mw.Receipt, in
 # A counted answer whose receipt has not come: (ticket, result, our token count, our cost, the
 # channel's total owed after it, when it was counted).
 _Awaiting = tuple[PayTicket, wire.TextResult | wire.ArrayResult, int, int, int, float]
+# An answer counted by `count`, not yet caught up with: (ticket, result, tokens, our cost).
+_Counted = tuple[PayTicket, wire.TextResult | wire.ArrayResult, int, int]
 
 
 class Purse:
@@ -134,6 +146,8 @@ class Purse:
         self.chain = chain
         self._host_key_of = host_key_of
         self._open: dict[bytes, ClientChannel] = {}  # by provider account
+        # Answers counted, in the order they came, that `catch_up` has still to record.
+        self._counted: list[_Counted] = []
         # Answers counted and paid, by (channel, seq), whose receipts have not come.
         self._awaiting: dict[tuple[bytes, int], _Awaiting] = {}
         # And those whose receipts came, which `check` has still to check and keep.
@@ -161,6 +175,7 @@ class Purse:
         """Take the provider's counts where ours are behind (after a restart, the answers
         of our last moments may not have been kept): its seq, and what it charged, which
         never exceeds the IOUs we signed."""
+        self.catch_up()
         channel.seq = max(channel.seq, state.seq)
         channel.owed_milli = max(channel.owed_milli, state.charged_milli)
         channel.synced = True
@@ -180,39 +195,58 @@ class Purse:
         if max_cost > channel.room_milli():
             return None
         channel.reserved_milli += max_cost
-        return PayTicket(channel, provider, request, price, max_cost)
+        return PayTicket(self, channel, provider, request, price, max_cost)
 
     def release(self, ticket: PayTicket) -> None:
         ticket.channel.reserved_milli -= ticket.max_cost_milli
 
     def record(self, ticket: PayTicket, result: wire.TextResult | wire.ArrayResult) -> int:
-        """Count an answer's cost by our own count (what we pay, whatever the receipt will
-        say) and wait for its receipt. The reservation is released."""
-        channel = ticket.channel
-        channel.reserved_milli -= ticket.max_cost_milli
+        """`count`, caught up with at once."""
+        ours = self.count(ticket, result)
+        self.catch_up()
+        return ours
+
+    def count(self, ticket: PayTicket, result: wire.TextResult | wire.ArrayResult) -> int:
+        """An answer's cost by our own count (what we pay, whatever the receipt will say). The
+        rest, `catch_up` does: it is off the call's path."""
         tokens = sum(_our_counts(ticket.request, result))
         ours = mw.cost_milli(tokens, ticket.price)
-        channel.owed_milli += ours
-        entry = (ticket, result, tokens, ours, channel.owed_milli, time.monotonic())
-        early = None
-        if self._early:  # (seldom: a receipt came before its answer was counted)
-            early = self._early.pop((ticket.provider, channel.id, ticket.seq), None)
-        if early is not None:
-            self._queue(entry, early[0])
-        else:
-            self._awaiting[(channel.id, ticket.seq)] = entry
+        self._counted.append((ticket, result, tokens, ours))
         return ours
+
+    @property
+    def behind(self) -> bool:
+        """Answers were counted that `catch_up` has not recorded yet."""
+        return bool(self._counted)
+
+    def catch_up(self) -> None:
+        """Record the answers counted so far, in order: each one's reservation released, its
+        cost owed, and the answer waiting for its receipt."""
+        counted, self._counted = self._counted, []
+        for ticket, result, tokens, ours in counted:
+            channel = ticket.channel
+            channel.reserved_milli -= ticket.max_cost_milli
+            channel.owed_milli += ours
+            entry = (ticket, result, tokens, ours, channel.owed_milli, time.monotonic())
+            early = None
+            if self._early:  # (seldom: a receipt came before its answer was counted)
+                early = self._early.pop((ticket.provider, channel.id, ticket.seq), None)
+            if early is not None:
+                self._queue(entry, early[0])
+            else:
+                self._awaiting[(channel.id, ticket.seq)] = entry
 
     def receipts(self, provider: str, items: list[Any], seal: bytes) -> int:
         """A frame of receipts `provider` sent for its answers, under `seal`: queued for
         `check`, each with its answer (one whose answer is not counted yet waits for
-        `record`, up to `RECEIPT_GIVE_UP_S`). Returns how many were queued; a frame with a
+        `count`, up to `RECEIPT_GIVE_UP_S`). Returns how many were queued; a frame with a
         malformed receipt, none (no receipt of it can be checked)."""
         try:
             receipts = mw.open_receipts(items, seal)
         except RemoteProtocolError as exc:
             log.warning("provider %s sent malformed receipts: %s", provider[-8:], exc)
             return 0
+        self.catch_up()  # (their answers are counted, most likely)
         queued = 0
         for receipt in receipts:
             key = (receipt.channel_id, receipt.seq)
@@ -241,9 +275,15 @@ class Purse:
         """Receipts wait for `check`."""
         return bool(self._unchecked)
 
+    @property
+    def early(self) -> bool:
+        """Receipts came before their answers were counted."""
+        return bool(self._early)
+
     def awaiting(self) -> int:
         """Answers whose receipts have not come; those waiting longer than
         `RECEIPT_GIVE_UP_S` are queued for `check` without one (kept disputed)."""
+        self.catch_up()
         late = time.monotonic() - RECEIPT_GIVE_UP_S
         for early, (_, came) in list(self._early.items()):
             if came < late:
@@ -278,6 +318,7 @@ class Purse:
 
     def unchecked(self) -> list[_Unchecked]:
         """The receipts queued since the last call, taken off the queue."""
+        self.catch_up()
         batch, self._unchecked = self._unchecked, []
         return batch
 

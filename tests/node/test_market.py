@@ -508,6 +508,26 @@ def _served(market: Market, i: int) -> tuple[Any, wire.ArrayResult, mw.Receipt]:
     return ticket, result, market.till.answered(admitted, request, result)
 
 
+def test_what_an_answer_changes_is_recorded_off_the_calls_path(tmp_path: Path) -> None:
+    market = Market(tmp_path)
+    purse, channel = market.purse, market.channel
+    first, result, receipt = _served(market, 1)
+    assert purse.count(first, result) == 2 * PRICE  # its cost, at once
+    # Until it is caught up with, the answer's reservation stands for its cost.
+    assert (channel.owed_milli, channel.reserved_milli, purse.behind) == (0, 2 * PRICE, True)
+    second, result_2, receipt_2 = _served(market, 2)  # the next call, on the wire
+    assert channel.reserved_milli == 4 * PRICE
+    second.sent()  # while it waits for its answer
+    assert (channel.owed_milli, channel.reserved_milli) == (2 * PRICE, 2 * PRICE)
+    assert not purse.behind
+    assert purse.count(second, result_2) == 2 * PRICE
+    frame = market.till.seal([receipt, receipt_2])
+    # Receipts that come catch up first: the last answer, counted a moment ago, is theirs.
+    assert purse.receipts("provider", frame["receipts"], frame["seal"]) == 2
+    assert [paid.receipt.seq for paid in purse.check()] == [1, 2]
+    assert (channel.owed_milli, channel.reserved_milli, purse.awaiting()) == (4 * PRICE, 0, 0)
+
+
 def test_a_receipt_that_comes_before_its_answer_is_counted_is_kept_for_it(
     tmp_path: Path,
 ) -> None:
