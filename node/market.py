@@ -343,7 +343,7 @@ class Market:
         # What the answer changes in the purse is recorded off the call's path (the next
         # call's `sent`, or the checker); its receipt comes after it (`receipts`).
         cost = self.purse.count(ticket, result)
-        if self.purse.early:  # (a receipt came before its answer was counted)
+        if self.purse.queued:  # (its receipt came before the answer was counted)
             self._unchecked.set()
         return cost
 

@@ -212,6 +212,8 @@ class Purse:
         tokens = sum(_our_counts(ticket.request, result))
         ours = mw.cost_milli(tokens, ticket.price)
         self._counted.append((ticket, result, tokens, ours))
+        if self._early and (ticket.provider, ticket.channel.id, ticket.seq) in self._early:
+            self.catch_up()  # (seldom: its receipt came first, and waits for it: `queued`)
         return ours
 
     @property
@@ -274,11 +276,6 @@ class Purse:
     def queued(self) -> bool:
         """Receipts wait for `check`."""
         return bool(self._unchecked)
-
-    @property
-    def early(self) -> bool:
-        """Receipts came before their answers were counted."""
-        return bool(self._early)
 
     def awaiting(self) -> int:
         """Answers whose receipts have not come; those waiting longer than

@@ -528,6 +528,21 @@ def test_what_an_answer_changes_is_recorded_off_the_calls_path(tmp_path: Path) -
     assert (channel.owed_milli, channel.reserved_milli, purse.awaiting()) == (4 * PRICE, 0, 0)
 
 
+def test_a_receipt_that_came_first_is_queued_once_its_answer_is_counted(
+    tmp_path: Path,
+) -> None:
+    market = Market(tmp_path)
+    purse = market.purse
+    ticket, result, receipt = _served(market, 1)
+    frame = market.till.seal([receipt])
+    assert purse.receipts("provider", frame["receipts"], frame["seal"]) == 0  # not counted yet
+    assert not purse.queued
+    purse.count(ticket, result)
+    assert purse.queued and not purse.behind  # matched at once: the checker is woken for it
+    (paid,) = purse.check()
+    assert paid.receipt.seq == 1 and not paid.disputed
+
+
 def test_a_receipt_that_comes_before_its_answer_is_counted_is_kept_for_it(
     tmp_path: Path,
 ) -> None:
