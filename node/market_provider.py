@@ -37,13 +37,12 @@ from typing import Any, cast
 from dag.channels import ChannelTerms, Iou, iou_head
 from dag.errors import RemoteProtocolError
 from node.config import MarketConfig
-from node.market_store import ChannelRow, MarketStore, ReceiptRow
+from node.market_store import ChannelRow, MarketStore
 from protocols import infer_wire as wire
 from protocols import market_wire as mw
 from protocols.infer_server import ChannelRefused, PaymentRefused
 
 log = logging.getLogger("swarm.market")
-_row = tuple.__new__
 DAY_MS = 86_400_000
 
 
@@ -75,7 +74,8 @@ class Ticket:
     max_tokens: int
     checked: bool  # the IOU's signature was checked (else `answered` checks it)
     admitted_ms: int  # when it was admitted: its charge's time (the clock is not read again)
-    charge: ReceiptRow | None = None  # what `charge` counted (and journaled)
+    # What `charge` counted (and journaled): tokens in, out, cost, the channel's total after.
+    charge: tuple[int, int, int, int] | None = None
 
 
 class Till:
@@ -291,38 +291,31 @@ class Till:
     def charge(self, ticket: object, request: wire.Request, result: wire.Result) -> None:
         assert isinstance(ticket, Ticket) and not isinstance(result, wire.ErrorResult)
         channel = ticket.channel
-        tokens = min(result.tokens_in + result.tokens_out, ticket.max_tokens)
+        tokens_in, tokens_out = result.tokens_in, result.tokens_out
+        tokens = min(tokens_in + tokens_out, ticket.max_tokens)
         cost = mw.cost_milli(tokens, ticket.price)
         channel.reserved_milli -= ticket.max_cost_milli
-        channel.charged_milli += cost
+        channel.charged_milli = total = channel.charged_milli + cost
         channel.last_ms = now = ticket.admitted_ms
-        # (Made from a tuple: `ReceiptRow(...)` would run the named tuple's Python `__new__`,
-        # one frame more on the call's path.)
-        charge = _row(
-            ReceiptRow,
-            (
-                channel.row.id,
-                ticket.seq,
-                "provider",
-                channel.row.peer,
-                channel.terms.client,
-                request.expert,
-                result.tokens_in,
-                result.tokens_out,
-                ticket.price,
-                cost,
-                channel.charged_milli,
-                b"",  # (no receipt yet: `answered` makes it)
-                now,
-                "",
-                ticket.iou_bytes if ticket.checked else None,  # (else stored by `answered`)
-            ),
+        row, terms = channel.row, channel.terms
+        self.store.record_charge(
+            row.id,
+            ticket.seq,
+            row.peer,
+            terms.client,
+            request.expert,
+            tokens_in,
+            tokens_out,
+            ticket.price,
+            cost,
+            total,
+            now,
+            ticket.iou_bytes if ticket.checked else None,  # (else stored by `answered`)
         )
-        self.store.record_charge(charge)
         self._served_today += tokens
-        client = channel.terms.client
+        client = terms.client
         self._client_today[client] = self._client_today.get(client, 0) + tokens
-        ticket.charge = charge
+        ticket.charge = (tokens_in, tokens_out, cost, total)
 
     def answered(self, ticket: object, request: wire.Request, result: wire.Result) -> mw.Receipt:
         """After a charged call's answer went out: check an IOU whose check could wait (one
@@ -331,6 +324,7 @@ class Till:
         assert isinstance(ticket, Ticket) and not isinstance(result, wire.ErrorResult)
         channel, charge = ticket.channel, ticket.charge
         assert charge is not None
+        tokens_in, tokens_out, cost, total = charge
         checked = ticket.checked
         if not checked and ticket.cumulative * 1000 > channel.paid_milli:
             # (One that pays no more than the newest checked IOU is not needed: not checked,
@@ -350,16 +344,16 @@ class Till:
             else:
                 channel.paid_milli = max(channel.paid_milli, ticket.cumulative * 1000)
         receipt = mw.Receipt(
-            charge.channel_id,
-            charge.seq,
-            charge.expert,
+            channel.row.id,
+            ticket.seq,
+            request.expert,
             mw.request_digest(request),
             mw.output_digest(result),
-            charge.tokens_in,
-            charge.tokens_out,
-            charge.price_per_1k,
-            charge.cost_milli,
-            charge.charged_milli,
+            tokens_in,
+            tokens_out,
+            ticket.price,
+            cost,
+            total,
         )
         stored = ticket.iou_bytes if checked else None
         self.store.record_served(channel.row.peer, channel.terms.client, receipt, stored)

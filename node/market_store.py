@@ -18,6 +18,7 @@ its own.
 from __future__ import annotations
 
 import sqlite3
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from dag.channels import ChannelTerms
+from dag.channels import CHANNEL_ID_BYTES, ChannelTerms
 from dag.codec import encode, packb
 from dag.errors import SwarmError
 from dag.kinds import default_registry
@@ -60,7 +61,8 @@ class MarketStoreError(SwarmError):
 
 
 class ReceiptRow(NamedTuple):
-    """A row of the receipts table, its columns in order (as journaled and inserted)."""
+    """A row of the receipts table, its columns in order (as inserted, and journaled by
+    `record_served`; `record_charge` journals a charge's in a record of its own)."""
 
     channel_id: bytes
     seq: int
@@ -119,6 +121,11 @@ class ChannelRow:
 WAL_KEEP_BYTES = 16 << 20
 SERVED_JOURNAL = ".served"  # beside the database file: the provider's rows not flushed yet
 _RECEIPT_COLUMNS = len(ReceiptRow._fields)
+# A charge's journal record (a receipts row is msgpack: an array, never this first byte): the
+# tag, channel, seq, tokens in and out, price, cost, the channel's total, time; the sizes of
+# the peer id, client account and expert id that follow; then the IOU, if any, to the end.
+_CHARGE_TAG = 1
+_CHARGE = struct.Struct(f">B{CHANNEL_ID_BYTES}sQQQQQQQHHH")
 _RECEIPT_SLOTS = ", ".join("?" * _RECEIPT_COLUMNS)
 _INSERT_RECEIPT = f"INSERT OR REPLACE INTO receipts VALUES ({_RECEIPT_SLOTS})"
 _COLUMNS = "id, role, peer, counterpart, open_tx, deposit, expiry_ms, charged_milli, seq, iou, "
@@ -167,7 +174,8 @@ class MarketStore:
         self.path = path
         self._now_ms = now_ms
         self._checkpointer: sqlite3.Connection | None = None
-        self._served: list[ReceiptRow] = []  # journaled rows not in the database yet
+        # Journaled rows not in the database yet (a charge: its record, made a row by `flush`).
+        self._served: list[ReceiptRow | bytes] = []
         self.on_served: Callable[[], None] = lambda: None  # a row was journaled
         try:
             self._journal = Journal(path + SERVED_JOURNAL)
@@ -278,22 +286,53 @@ class MarketStore:
         the IOU that pays for it, once checked (None: it failed its late check, and an
         earlier one pays). The channel's total, seq and newest IOU are read back from these
         rows."""
-        body = _body(receipt)
-        self.record_charge(
-            _receipt_row("provider", peer, client, receipt, "", iou, body, self._now_ms())
-        )
-
-    def record_charge(self, row: ReceiptRow) -> None:
-        """A provider's charged call, journaled before its answer goes out: a receipts row
-        with what settlement needs (the counts, and the IOU when it was checked before the
-        answer) and no receipt yet (an empty body; the till builds the row itself, once, on
-        the call's path). `record_served` replaces it once the receipt is made; a crash in
-        between leaves it: the charge stands, the receipt was never sent. (Also how
-        `record_served` journals its row.)"""
+        now = self._now_ms()
+        row = _receipt_row("provider", peer, client, receipt, "", iou, _body(receipt), now)
         if not self._served:
             self.on_served()  # the first record since the last flush
         self._journal.append(packb(row))
         self._served.append(row)
+
+    def record_charge(
+        self,
+        channel_id: bytes,
+        seq: int,
+        peer: str,
+        client: bytes,
+        expert: str,
+        tokens_in: int,
+        tokens_out: int,
+        price_per_1k: int,
+        cost_milli: int,
+        charged_milli: int,
+        at_ms: int,
+        iou: bytes | None,
+    ) -> None:
+        """A provider's charged call, journaled before its answer goes out: what settlement
+        needs (the counts, and the IOU when it was checked before the answer), no receipt
+        yet. `record_served` replaces it once the receipt is made; a crash in between leaves
+        it: the charge stands (a receipts row with an empty body), the receipt was never
+        sent. On the call's path: one `struct` record, its row made when it is flushed."""
+        if not self._served:
+            self.on_served()  # the first record since the last flush
+        who, what = peer.encode(), expert.encode()
+        record = _CHARGE.pack(
+            _CHARGE_TAG,
+            channel_id,
+            seq,
+            tokens_in,
+            tokens_out,
+            price_per_1k,
+            cost_milli,
+            charged_milli,
+            at_ms,
+            len(who),
+            len(client),
+            len(what),
+        )
+        record += who + client + what + (iou or b"")
+        self._journal.append(record)
+        self._served.append(record)
 
     def flush(self) -> None:
         """Write the journaled rows into the database in one transaction, then clear the
@@ -305,7 +344,10 @@ class MarketStore:
             c.execute("BEGIN IMMEDIATE")
             try:
                 # A receipt replaces its call's charge: only the newest row of each call.
-                rows = {(row.channel_id, row.seq, row.role): row for row in self._served}
+                rows = {}
+                for served in self._served:
+                    row = _charge_row(served) if isinstance(served, bytes) else served
+                    rows[(row.channel_id, row.seq, row.role)] = row
                 c.executemany(_INSERT_RECEIPT, rows.values())
                 c.execute("COMMIT")
             except BaseException:
@@ -440,6 +482,8 @@ class MarketStore:
 
 def _journaled(body: bytes) -> ReceiptRow:
     """A receipts row back from its journal record (`ValueError` if it is not one)."""
+    if body[0] == _CHARGE_TAG:
+        return _charge_row(body)
     try:
         row = msgpack.unpackb(body)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
@@ -447,6 +491,30 @@ def _journaled(body: bytes) -> ReceiptRow:
     if isinstance(row, list) and len(row) == _RECEIPT_COLUMNS:
         return ReceiptRow(*row)
     raise ValueError("journal record is not a receipts row")
+
+
+def _charge_row(record: bytes) -> ReceiptRow:
+    """The receipts row of a charge's journal record (`record_charge`; `ValueError` if it is
+    not one)."""
+    if len(record) < _CHARGE.size:
+        raise ValueError("journal record is a charge cut short")
+    tag, channel, seq, tokens_in, tokens_out, price, cost, total, at_ms, *sizes = (
+        _CHARGE.unpack_from(record)
+    )
+    at, parts = _CHARGE.size, []
+    for size in sizes:
+        parts.append(record[at : at + size])
+        at += size
+    if at > len(record):
+        raise ValueError("journal record is a charge cut short")
+    who, client, what = parts
+    try:
+        peer, expert = who.decode(), what.decode()
+    except UnicodeDecodeError:
+        raise ValueError("journal record is a charge with a name that is not UTF-8") from None
+    iou = record[at:] or None
+    row = (channel, seq, "provider", peer, client, expert, tokens_in, tokens_out, price, cost)
+    return ReceiptRow(*row, total, b"", at_ms, "", iou)
 
 
 def _body(receipt: Any) -> bytes:

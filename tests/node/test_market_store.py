@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from dag.codec import encode
-from node.market_store import _SELECT, ChannelRow, MarketStore, MarketStoreError, ReceiptRow
+from node.market_store import _SELECT, ChannelRow, MarketStore, MarketStoreError
 from protocols import market_wire as mw
 from tests.factory import kill_store
 
@@ -33,23 +34,9 @@ def receipt(seq: int) -> mw.Receipt:
 def test_a_charge_is_kept_until_its_receipt_replaces_it_across_a_kill(tmp_path: Path) -> None:
     path = tmp_path / "market.sqlite"
     r = receipt(1)
-    charge = ReceiptRow(
-        channel_id=CHANNEL,
-        seq=1,
-        role="provider",
-        peer="peer",
-        counterpart=b"c" * 32,
-        expert=r.expert,
-        tokens_in=r.tokens_in,
-        tokens_out=r.tokens_out,
-        price_per_1k=r.price_per_1k,
-        cost_milli=r.cost_milli,
-        charged_milli=r.charged_milli,
-        body=b"",  # (no receipt yet)
-        at_ms=int(time.time() * 1000),
-        disputed="",
-        iou=b"iou",
-    )
+    now = int(time.time() * 1000)
+    charge = (CHANNEL, 1, "peer", b"c" * 32, r.expert, r.tokens_in, r.tokens_out)
+    counts = (r.price_per_1k, r.cost_milli)
 
     def bodies(store: MarketStore) -> list[tuple[int, int]]:
         store.flush()
@@ -57,13 +44,16 @@ def test_a_charge_is_kept_until_its_receipt_replaces_it_across_a_kill(tmp_path: 
         return rows.fetchall()
 
     store = MarketStore.open(path)
-    store.record_charge(charge)
-    store.record_charge(charge._replace(seq=2, charged_milli=40, iou=None))
+    store.record_charge(*charge, *counts, r.charged_milli, now, b"iou")
+    store.record_charge(CHANNEL, 2, *charge[2:], *counts, 40, now, None)
     store.record_served("peer", b"c" * 32, receipt(1), b"iou")  # made after the answer
     # A kill -9 now: the journal holds both charges and the one receipt, in that order.
     kill_store(store)
     again = MarketStore.open(path)
     assert bodies(again) == [(1, len(mw_body(receipt(1)))), (2, 0)]  # seq 2's never made
+    columns = "peer, counterpart, expert, tokens_in, tokens_out, price, cost_milli, charged_milli"
+    kept = again._conn.execute(f"SELECT {columns}, at_ms, iou FROM receipts WHERE seq = 2")
+    assert kept.fetchone() == (*charge[2:], *counts, 40, now, None)
     assert again.tokens_today("provider") == 4  # both charges count
     again.record_served("peer", b"c" * 32, receipt(2), None)
     assert bodies(again) == [(1, len(mw_body(receipt(1)))), (2, len(mw_body(receipt(2))))]
@@ -112,6 +102,32 @@ def test_an_answer_is_kept_by_its_journal_until_flushed(tmp_path: Path) -> None:
     assert again.tokens_today("provider") == 6
     conn.close()
     again.close()
+
+
+DAMAGED_CHARGES: dict[str, tuple[Callable[[bytes], bytes], str]] = {
+    "no sizes": (lambda record: record[:1], "a charge cut short"),
+    "expert cut short": (lambda record: record[:-1], "a charge cut short"),
+    "expert not text": (lambda record: record[:-1] + b"\xff", "not UTF-8"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED_CHARGES)
+def test_a_charge_record_that_does_not_parse_is_refused(tmp_path: Path, damage: str) -> None:
+    # Whole records (their checks pass) whose contents are wrong: no row is made of them.
+    path = tmp_path / "market.sqlite"
+    store = MarketStore.open(path)
+    store.record_charge(CHANNEL, 1, "peer", b"c" * 32, "e" * 64, 1, 1, 10, 20, 20, 1, None)
+    record = store._served[0]
+    assert isinstance(record, bytes)
+    damaged, why = DAMAGED_CHARGES[damage]
+    store._journal.clear()
+    store._journal.append(damaged(record))
+    kill_store(store)
+    with pytest.raises(MarketStoreError, match=why):
+        MarketStore.open(path)
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT COUNT(*) FROM receipts").fetchone() == (0,)
+    conn.close()
 
 
 def test_a_damaged_journal_is_refused_and_left_as_it_was(tmp_path: Path) -> None:

@@ -290,7 +290,8 @@ async def test_a_provider_whose_receipt_is_disputed_is_routed_around(tmp_path: P
             def inflated(ticket: object, request: wire.Request, result: wire.Result) -> None:
                 honest_charge(ticket, request, result)  # (and its receipt claims more)
                 assert isinstance(ticket, Ticket) and ticket.charge is not None
-                ticket.charge = ticket.charge._replace(cost_milli=ticket.charge.cost_milli + 1)
+                tokens_in, tokens_out, cost, total = ticket.charge
+                ticket.charge = (tokens_in, tokens_out, cost + 1, total)
 
             dishonest.market.till.charge = inflated  # type: ignore[method-assign]
             rows = np.ones((1, 64), np.float32)
