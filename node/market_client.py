@@ -100,6 +100,7 @@ class PayTicket:
         """The call's request is sent: while we wait, catch up with the answers counted
         before (`Purse.catch_up`), and sign the IOU of a next call like this one if the
         newest IOU will not pay for that call."""
+        self.purse.on_sent()
         if self.purse.behind:
             self.purse.catch_up()
         channel = self.channel
@@ -146,6 +147,7 @@ class Purse:
         self.chain = chain
         self._host_key_of = host_key_of
         self._open: dict[bytes, ClientChannel] = {}  # by provider account
+        self.on_sent: Callable[[], None] = lambda: None  # a paid request went out
         # Answers counted, in the order they came, that `catch_up` has still to record.
         self._counted: list[_Counted] = []
         # Answers counted and paid, by (channel, seq), whose receipts have not come.
@@ -321,21 +323,22 @@ class Purse:
 
     def judge(self, batch: list[_Unchecked]) -> list[tuple[str, bool]]:
         """Each receipt's (dispute or "", blame: see `Paid`): sealed by the provider's host
-        key, the request and answer it names, the tokens. Reads nothing but the batch: the
-        market runs it in a worker thread, where the seals are checked beside the loop."""
+        key, the request and answer it names, the tokens. Reads nothing but the batch."""
         checked: set[bytes] = set()  # the seals checked: each frame's, once
         return [self._dispute(*item[:5], checked) for item in batch]
 
-    def keep(self, batch: list[_Unchecked], judged: list[tuple[str, bool]]) -> list[Paid]:
-        """Store the judged receipts in one transaction. A receipt that claims more than we
-        counted, or is not the provider's, is kept marked disputed; we paid by our own count
-        either way."""
+    def keep(
+        self, batch: list[_Unchecked], judged: list[tuple[str, bool]], *, commit: bool = True
+    ) -> list[Paid]:
+        """Store the judged receipts (`commit`: false leaves them in the store's open batch,
+        `MarketStore.commit`). A receipt that claims more than we counted, or is not the
+        provider's, is kept marked disputed; we paid by our own count either way."""
         rows = [
             (ticket.provider, ticket.channel.terms.provider, receipt, owed, disputed)
             for (ticket, _, receipt, _, _, owed), (disputed, _) in zip(batch, judged, strict=True)
         ]
         if rows:
-            self.store.record_many(rows)
+            self.store.record_many(rows, commit=commit)
         return [
             Paid(ours, receipt, disputed, ticket.provider, ticket.request.expert, blame)
             for (ticket, _, receipt, _, ours, _), (disputed, blame) in zip(

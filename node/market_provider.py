@@ -103,6 +103,7 @@ class Till:
         self._sign = host_sign
         self._now_ms = now_ms
         self._open: dict[bytes, _Open] = {}
+        self.on_answered: Callable[[], None] = lambda: None  # a charged answer went out
         # Each open channel's newest IOU admitted: (its channel, its cumulative), by its bytes.
         self._newest: dict[bytes, tuple[_Open, int]] = {}
         self._served_today = store.tokens_today("provider")
@@ -357,6 +358,7 @@ class Till:
         )
         stored = ticket.iou_bytes if checked else None
         self.store.record_served(channel.row.peer, channel.terms.client, receipt, stored)
+        self.on_answered()
         return receipt
 
     def seal(self, receipts: list[object]) -> dict[str, Any]:

@@ -104,6 +104,40 @@ def test_an_answer_is_kept_by_its_journal_until_flushed(tmp_path: Path) -> None:
     again.close()
 
 
+def test_a_flush_in_slices_is_one_transaction_and_clears_the_journal_at_its_end(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "market.sqlite"
+    store = MarketStore.open(path)
+    conn = sqlite3.connect(path)  # (another reader: it sees what is committed)
+
+    def written() -> list[int]:
+        return [seq for (seq,) in conn.execute("SELECT seq FROM receipts ORDER BY seq")]
+
+    for seq in (1, 2, 3):
+        store.record_served("peer", b"c" * 32, receipt(seq), b"iou")
+    assert store.flush(2) and written() == [] and journaled(path)  # (not committed yet)
+    store.record_served("peer", b"c" * 32, receipt(4), b"iou")  # (journaled between slices)
+    assert not store.flush(2) and written() == [1, 2, 3, 4] and not journaled(path)
+    for seq in (5, 6, 7):
+        store.record_served("peer", b"c" * 32, receipt(seq), b"iou")
+    assert store.flush(2) and written() == [1, 2, 3, 4]
+    # A read of the store's own ends the batch first (so does each write of its own).
+    assert [r["seq"] for r in store.receipts("provider")] == [7, 6, 5, 4, 3, 2, 1]
+    assert written() == [1, 2, 3, 4, 5, 6, 7] and not journaled(path)
+    for seq in (8, 9, 10):
+        store.record_served("peer", b"c" * 32, receipt(seq), b"iou")
+    assert store.flush(2)
+    # A kill -9 part-way: the open transaction is rolled back, and the journal, which holds
+    # every row since it was cleared, replays them.
+    kill_store(store)
+    again = MarketStore.open(path)
+    assert written() == list(range(1, 11)) and not journaled(path)
+    assert not again.flush(2)  # (nothing left)
+    conn.close()
+    again.close()
+
+
 DAMAGED_CHARGES: dict[str, tuple[Callable[[bytes], bytes], str]] = {
     "no sizes": (lambda record: record[:1], "a charge cut short"),
     "expert cut short": (lambda record: record[:-1], "a charge cut short"),
