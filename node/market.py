@@ -417,7 +417,7 @@ class Market:
             served = trio.Event()
             self.store.on_served = served.set
             await served.wait()
-            await trio.sleep(CHECK_WINDOW_S)  # deliberate: few transactions for many answers
+            await trio.sleep(CHECK_WINDOW_S)  # deliberate: one transaction for many answers
             more = True
             while more:
                 await self._answered.next()  # (the next call on its stream is a while away)

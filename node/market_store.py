@@ -6,8 +6,9 @@ it, from which its channel's total and newest IOU are read). A provider appends 
 to a journal (`node.journal`: one `write`, where a commit writes pages of three B-trees to
 the log) before it sends the answer, so a kill -9 after answering loses nothing it could
 settle, and the receipt after it (the same row, whole); the rows reach the database
-in batches (`flush`: the market does it every few tens of milliseconds, every read of
-receipts does it first, and `open` replays what a crash left).
+in batches (`flush`: the market does it every few tens of milliseconds, in slices that
+share a transaction, every read of receipts does it first, and `open` replays what a crash
+left).
 Calls are small and inline (WAL with synchronous=NORMAL does not sync on commit); the trio
 loop owns the connection. Copying the log into the database file (a checkpoint, which syncs)
 is not left to whichever commit crosses SQLite's threshold, which would hold up a call for
