@@ -53,7 +53,7 @@ CHECK_WINDOW_S = 0.05  # how long answered receipts gather before they are check
 # a provider's answer), when the other side has the most to do before it needs us. In one go,
 # a batch held the loop for 1.5 ms, and a call or an answer that came meanwhile waited. The
 # slices of a batch share one transaction (`MarketStore.commit`): one each cost more.
-CHECK_SLICE = 4  # receipts checked and kept at a time (about 0.3 ms of the loop here)
+CHECK_SLICE = 2  # receipts checked and kept at a time (about 0.2 ms of the loop here)
 FLUSH_SLICE = 8  # journaled rows written at a time (about 0.15 ms)
 BEAT_WAIT_S = 0.02  # a slice waits this long at most for a call to go out
 FLUSH_RETRY_S = 1.0  # a flush of served rows that failed (a full disk) is tried again after
