@@ -30,8 +30,9 @@ others, which moved the unpaid p50 between 0.55 and 0.76 ms and each pair's over
 The machine's speed moves under the calls: in one pair the unpaid calls' wait for an answer
 fell into two modes 100 us apart, in the next into one. The pooled p50s weigh such modes as
 they fell; `overhead_pct_turns`, the median over turns of a paid turn's p50 against the unpaid
-turn just before it, weighs them less (a steadier figure for comparing two versions of the
-code; the target is for `overhead_pct`).
+turn just before it, weighs them less (the target is for `overhead_pct`). Neither resolves a
+change of a few tens of microseconds between two versions of the code (two daemons with the
+same code differed by 30-40 us in p50): switch it on and off by turns inside one process.
 
 Settlement: rounds of paid calls, each ended by node-0's `market settle` (as the daemon does
 on its own before a channel's expiry); the time from the round's last answer until the
