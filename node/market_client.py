@@ -202,12 +202,6 @@ class Purse:
     def release(self, ticket: PayTicket) -> None:
         ticket.channel.reserved_milli -= ticket.max_cost_milli
 
-    def record(self, ticket: PayTicket, result: wire.TextResult | wire.ArrayResult) -> int:
-        """`count`, caught up with at once."""
-        ours = self.count(ticket, result)
-        self.catch_up()
-        return ours
-
     def count(self, ticket: PayTicket, result: wire.TextResult | wire.ArrayResult) -> int:
         """An answer's cost by our own count (what we pay, whatever the receipt will say). The
         rest, `catch_up` does: it is off the call's path."""

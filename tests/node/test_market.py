@@ -162,7 +162,7 @@ async def _paid_call(
     except BaseException:
         market.purse.release(ticket)
         raise
-    market.purse.record(ticket, result)
+    _record(market.purse, ticket, result)
     market.check()  # (its receipt may have come before the answer was counted)
     return await market.paid_for(ticket.seq)
 
@@ -496,6 +496,14 @@ async def test_receipts_not_sent_when_the_stream_ends_are_made_and_stored_all_th
         assert (receipt.seq, receipt.seal) == (seq, None)  # made, never sealed
 
 
+def _record(purse: Purse, ticket: PayTicket, result: wire.TextResult | wire.ArrayResult) -> int:
+    """An answer counted and caught up with at once (the market leaves the catching up to
+    the next call's send)."""
+    ours = purse.count(ticket, result)
+    purse.catch_up()
+    return ours
+
+
 def _served(market: Market, i: int) -> tuple[Any, wire.ArrayResult, mw.Receipt]:
     """A paid call of the client's, served by the till with no stream between: (the
     client's ticket, the answer, the provider's receipt of it, not sealed yet)."""
@@ -558,11 +566,11 @@ def test_a_receipt_that_comes_before_its_answer_is_counted_is_kept_for_it(
 
     ticket, result, frame = served(1)
     assert deliver("provider", frame) == 0  # its answer is not counted yet
-    assert purse.record(ticket, result) == 2 * PRICE
+    assert _record(purse, ticket, result) == 2 * PRICE
     (paid,) = purse.check()
     assert paid.receipt.seq == 1 and not paid.disputed and purse.awaiting() == 0
     ticket, result, frame = served(2)
-    purse.record(ticket, result)
+    _record(purse, ticket, result)
     assert purse.awaiting() == 1
     assert deliver("mallory", frame) == 0  # another provider's stream: not its
     # A malformed receipt spoils its frame (the seal covers it): none of it is read.
@@ -587,7 +595,7 @@ def test_an_answer_whose_receipt_never_comes_is_kept_disputed_at_our_count(
     assert ticket is not None
     ticket.pay()
     result = wire.ArrayResult(1, FFN.expert_id, 2, 64, bytes(512), 2, 2, 5)
-    assert purse.record(ticket, result) == 4 * PRICE
+    assert _record(purse, ticket, result) == 4 * PRICE
     assert purse.awaiting() == 1 and purse.check() == []  # still waiting for it
     monkeypatch.setattr(market_client, "RECEIPT_GIVE_UP_S", -1.0)  # (as if 60 s went by)
     assert purse.awaiting() == 0
@@ -650,7 +658,7 @@ def test_a_wrong_receipt_is_blamed_on_the_call_and_a_missing_host_key_on_no_one(
     def paid_for(i: int, change: dict[str, Any]) -> Paid:
         ticket, result, receipt = _served(market, i)
         frame = market.till.seal([replace(receipt, **change)])
-        purse.record(ticket, result)
+        _record(purse, ticket, result)
         assert purse.receipts("provider", frame["receipts"], frame["seal"]) == 1
         (paid,) = purse.check()
         return paid
@@ -700,7 +708,7 @@ async def test_a_client_restarted_before_keeping_receipts_resumes_from_the_provi
                 ticket = market.purse.reserve(market.channel, "provider", request, PRICE)
                 assert ticket is not None
                 result = await channel.call(request, _PayOnly(ticket))
-                market.purse.record(ticket, result)
+                _record(market.purse, ticket, result)
             market.purse.store.close()  # a kill -9 of the client
             purse = Purse(
                 MarketStore.open(tmp_path / "client.sqlite"),
@@ -723,7 +731,7 @@ async def test_a_client_restarted_before_keeping_receipts_resumes_from_the_provi
             ticket = purse.reserve(again, "provider", _request(8), PRICE)
             assert ticket is not None
             result = await channel.call(_request(8), _PayOnly(ticket))
-            assert purse.record(ticket, result) == 2 * PRICE
+            assert _record(purse, ticket, result) == 2 * PRICE
             market.check()
             paid = await market.paid_for(ticket.seq)
             assert not paid.disputed and paid.receipt.charged_milli == 4 * 2 * PRICE
