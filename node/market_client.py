@@ -46,6 +46,7 @@ from protocols import market_wire as mw
 log = logging.getLogger("swarm.market")
 RECEIPT_GIVE_UP_S = 60.0  # an answer whose receipt has not come by then is kept without one
 MAX_EARLY = 16_384  # receipts kept for answers not counted yet (beyond: the oldest go)
+MAX_SEALS = 256  # seals remembered as checked (beyond: forgotten, and checked again if seen)
 
 
 @dataclass
@@ -157,6 +158,10 @@ class Purse:
         # Receipts that came before their answers were counted (the stream's reader got to
         # them before the call's task ran on), by (provider, channel, seq): (receipt, when).
         self._early: dict[tuple[str, bytes, int], tuple[mw.Receipt, float]] = {}
+        # The seals of frames checked lately (`mw.Receipt.verify`): a frame's receipts are
+        # judged a few at a time, and its seal is checked once (a check costs more than the
+        # rest of a receipt's judging).
+        self._seals: set[bytes] = set()
         for row in store.channels(role="client", state="open"):
             self.adopt(row)
 
@@ -317,9 +322,11 @@ class Purse:
 
     def judge(self, batch: list[_Unchecked]) -> list[tuple[str, bool]]:
         """Each receipt's (dispute or "", blame: see `Paid`): sealed by the provider's host
-        key, the request and answer it names, the tokens. Reads nothing but the batch."""
-        checked: set[bytes] = set()  # the seals checked: each frame's, once
-        return [self._dispute(*item[:5], checked) for item in batch]
+        key (each frame's seal checked once, whatever the slices it is judged in), the request
+        and answer it names, the tokens. Reads nothing but the batch."""
+        if len(self._seals) > MAX_SEALS:
+            self._seals.clear()
+        return [self._dispute(*item[:5], self._seals) for item in batch]
 
     def keep(
         self, batch: list[_Unchecked], judged: list[tuple[str, bool]], *, commit: bool = True

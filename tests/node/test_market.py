@@ -15,7 +15,7 @@ import trio
 import experts
 from dag.channels import ChannelTerms, Iou, iou_head, open_payload, settle_payload
 from dag.codec import decode
-from dag.crypto import Scheme, SigningKey
+from dag.crypto import PublicKey, Scheme, SigningKey
 from dag.kinds import default_registry
 from dag.ledger import Ledger
 from node import market_client, market_provider
@@ -534,6 +534,39 @@ def test_what_an_answer_changes_is_recorded_off_the_calls_path(tmp_path: Path) -
     assert purse.receipts("provider", frame["receipts"], frame["seal"]) == 2
     assert [paid.receipt.seq for paid in purse.check()] == [1, 2]
     assert (channel.owed_milli, channel.reserved_milli, purse.awaiting()) == (4 * PRICE, 0, 0)
+
+
+def test_a_frames_seal_is_checked_once_whatever_slices_its_receipts_are_judged_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    market = Market(tmp_path)
+    purse = market.purse
+    checks: list[bytes] = []
+    real_verify = PublicKey.verify
+
+    def verify(key: Any, signature: Any, message: bytes) -> None:
+        checks.append(signature.value)
+        real_verify(key, signature, message)
+
+    monkeypatch.setattr(PublicKey, "verify", verify)
+    frames = []
+    for first in (1, 4, 7):
+        served = [_served(market, i) for i in range(first, first + 3)]
+        for ticket, result, _ in served:
+            _record(purse, ticket, result)
+        frames.append(market.till.seal([receipt for _, _, receipt in served]))
+    forged = frames[2]["seal"]
+    frames[2]["seal"] = forged[:-1] + bytes([forged[-1] ^ 1])  # (the third frame's seal)
+    for frame in frames:
+        assert purse.receipts("provider", frame["receipts"], frame["seal"]) == 3
+    batch = purse.unchecked()
+    checks.clear()  # (signing may check its own signature)
+    judged = [purse.judge(batch[at : at + 2]) for at in range(0, 9, 2)]  # (slices across frames)
+    disputes = [dispute for one in judged for dispute, _ in one]
+    assert disputes[:6] == [""] * 6
+    assert all(dispute.startswith("not the provider's receipt") for dispute in disputes[6:])
+    # One check for each good frame; the forged seal fails for each receipt it is tried on.
+    assert checks == [frames[0]["seal"], frames[1]["seal"]] + [frames[2]["seal"]] * 3
 
 
 def test_a_receipt_that_came_first_is_queued_once_its_answer_is_counted(
