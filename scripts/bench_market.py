@@ -18,9 +18,13 @@ fell on the unpaid turn after it, which hid part of what paying costs. The calls
 Each daemon process has its own luck (where its memory lands, its hash seeds, its core): with
 one free and one paid mesh, the p50 overhead of the same code moved between 0.4% and 12% from
 run to run, though each run's p50s came from 2,000 calls a mesh, and the pairs of one run
-between 3.6% and 21.8%. So `--pairs` (3) pairs of meshes are measured one pair after the
+between 3.6% and 21.8%. So `--pairs` (4) pairs of meshes are measured one pair after the
 other: the p50s are of all pairs' calls pooled (`overhead_pct_pairs`: each pair's own), the
-calls per second the median of the pairs'.
+calls per second the median of the pairs'. The order of the two meshes weighs too, in a way
+not found: with the free mesh started first and taking the first turn, as this bench did
+until 2026-12-08, the pairs of five runs read 13.8% on average, and 6.2% the other way
+round (and of two free meshes with the same code, the one started second answered 18 us
+faster in p50, on average over 19 runs). So the paid mesh goes first in every other pair.
 
 Where the processes run is fixed (`--placement`, `apart` by default): this process, with
 both callers, on one CPU and every daemon on another, as a client and a provider on two
@@ -29,10 +33,15 @@ others, which moved the unpaid p50 between 0.55 and 0.76 ms and each pair's over
 
 The machine's speed moves under the calls: in one pair the unpaid calls' wait for an answer
 fell into two modes 100 us apart, in the next into one. The pooled p50s weigh such modes as
-they fell; `overhead_pct_turns`, the median over turns of a paid turn's p50 against the unpaid
-turn just before it, weighs them less (the target is for `overhead_pct`). Neither resolves a
-change of a few tens of microseconds between two versions of the code (two daemons with the
-same code differed by 30-40 us in p50): switch it on and off by turns inside one process.
+they fell; `overhead_pct_turns`, the median over rounds of a paid turn's p50 against the
+unpaid turn of the same round, weighs them less (the target is for `overhead_pct`). Neither
+resolves a change of a few tens of microseconds between two versions of the code (two daemons
+with the same code differed by 30-40 us in p50): switch it on and off by turns inside one
+process.
+
+Time the hypervisor gave to other guests weighs on paid calls far more than on unpaid ones:
+two runs with 6-7% of the machine's time stolen read 27% and 39% of overhead, the run between
+them, with 2.6%, 6.7%. `steal_pct` says how much a run had.
 
 Settlement: rounds of paid calls, each ended by node-0's `market settle` (as the daemon does
 on its own before a channel's expiry); the time from the round's last answer until the
@@ -110,6 +119,23 @@ async def settle_rounds(caller: Node, provider: Client, rounds: int) -> list[flo
     return times
 
 
+def cpu_times() -> list[int] | None:
+    """The machine's CPU time so far, by kind (`/proc/stat`: user, nice, system, idle, iowait,
+    irq, softirq, steal); None where there is no such file."""
+    try:
+        with open("/proc/stat") as stat:
+            return [int(ticks) for ticks in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_pct(before: list[int] | None, after: list[int] | None) -> float | None:
+    """The share of the machine's time its hypervisor gave to others meanwhile (steal)."""
+    if before is None or after is None or sum(after) <= sum(before):
+        return None
+    return 100 * (after[7] - before[7]) / (sum(after) - sum(before))
+
+
 CPUS = os.sched_getaffinity(0)  # as this process started: given back after each pair
 BLOCK = 250  # calls in a row to one mesh before the other's turn
 SETTLE = 100  # the first calls of each turn, not timed (about 100 ms: see `measure`)
@@ -129,19 +155,17 @@ async def joined(stack: AsyncExitStack, mesh: Path) -> Node:
 
 
 async def measure(
-    free_mesh: Path, paid_mesh: Path, calls: int, concurrency: int, rounds: int
+    meshes: dict[str, Path], calls: int, concurrency: int, rounds: int
 ) -> dict[str, dict[str, Any]]:
-    """Both meshes at once, their calls taken in turns of `BLOCK`: the machine's load as it
+    """Both meshes (`meshes`: "unpaid" and "paid", in the order they were started, and take
+    their turns) at once, their calls taken in turns of `BLOCK`: the machine's load as it
     drifts (these machines are shared) falls on paid and unpaid calls alike. Each turn's
     first `SETTLE` calls are not timed: the work the other mesh's last calls left (paid ones
     leave their receipts' and charges' batches) is done by then, and a paid turn's own calls
     bear the batches of the calls before them, as they would in a run of paid calls."""
     out: dict[str, dict[str, Any]] = {"unpaid": {}, "paid": {}}
     async with AsyncExitStack() as stack:
-        callers = {
-            "unpaid": await joined(stack, free_mesh),
-            "paid": await joined(stack, paid_mesh),
-        }
+        callers = {kind: await joined(stack, mesh) for kind, mesh in meshes.items()}
         for kind, caller in callers.items():
             start = time.perf_counter()
             first = await call(caller)  # on the paid mesh this call opens the channel
@@ -166,7 +190,7 @@ async def measure(
             out[kind]["gen32_ms"] = gens[kind]
             out[kind]["calls_per_s"] = await call_rate(caller, calls * 2, concurrency)
         out["paid"]["settle_s"] = await settle_rounds(
-            callers["paid"], Client(paid_mesh / "node-0"), rounds
+            callers["paid"], Client(meshes["paid"] / "node-0"), rounds
         )
     return out
 
@@ -195,13 +219,18 @@ def place(placement: str, meshes: list[Path]) -> None:
         pin(nodes.nodes[0].pid, theirs)
 
 
-def run(calls: int, concurrency: int, rounds: int, placement: str) -> dict[str, dict[str, Any]]:
-    """One free and one paid mesh, measured side by side (`measure`)."""
+def run(
+    calls: int, concurrency: int, rounds: int, placement: str, *, paid_first: bool = False
+) -> dict[str, dict[str, Any]]:
+    """One free and one paid mesh, measured side by side (`measure`); `paid_first`: the paid
+    one is started first and takes the first turn."""
     with tempfile.TemporaryDirectory() as tmp:
-        free, paid = Path(tmp) / "free", Path(tmp) / "paid"
+        meshes = {"unpaid": Path(tmp) / "free", "paid": Path(tmp) / "paid"}
+        if paid_first:
+            meshes = dict(reversed(meshes.items()))
         started = []
         try:
-            for mesh, flags in ((free, ["--free"]), (paid, [])):
+            for kind, mesh in meshes.items():
                 cli(
                     "mesh",
                     "--nodes",
@@ -211,11 +240,11 @@ def run(calls: int, concurrency: int, rounds: int, placement: str) -> dict[str, 
                     "--detach",
                     "--scheme",
                     "ed25519",
-                    *flags,
+                    *(["--free"] if kind == "unpaid" else []),
                 )
                 started.append(mesh)
             place(placement, started)
-            return trio.run(measure, free, paid, calls, concurrency, rounds)
+            return trio.run(measure, meshes, calls, concurrency, rounds)
         finally:
             for mesh in started:
                 cli("mesh", "stop", "--dir", str(mesh))
@@ -228,15 +257,16 @@ def run(calls: int, concurrency: int, rounds: int, placement: str) -> dict[str, 
 def pairs(
     count: int, calls: int, concurrency: int, rounds: int, placement: str
 ) -> dict[str, dict[str, Any]]:
-    """`run` for `count` pairs of meshes, one pair after the other; their calls pooled, the
-    settlement rounds shared out among them."""
+    """`run` for `count` pairs of meshes, one pair after the other, the paid mesh first in
+    every other pair; their calls pooled, the settlement rounds shared out among them."""
     both: dict[str, dict[str, Any]] = {
         kind: {"ms": [], "gen32_ms": [], "calls_per_s": [], "p50_ms": [], "turn_p50_ms": []}
         for kind in ("unpaid", "paid")
     }
     both["paid"]["settle_s"] = []
     for i in range(count):
-        one = run(calls, concurrency, rounds // count + (i < rounds % count), placement)
+        share = rounds // count + (i < rounds % count)
+        one = run(calls, concurrency, share, placement, paid_first=i % 2 == 1)
         for kind, got in one.items():
             mine = both[kind]
             mine["ms"] += got["ms"]
@@ -252,7 +282,7 @@ def pairs(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=1500, help="timed calls per mesh")
-    parser.add_argument("--pairs", type=int, default=3, help="pairs of meshes, pooled")
+    parser.add_argument("--pairs", type=int, default=4, help="pairs of meshes, pooled")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=7, help="settlement rounds")
     parser.add_argument("--placement", choices=("apart", "one", "os"), default="apart")
@@ -261,7 +291,9 @@ def main() -> None:
     # while node-1 stops is logged with a traceback otherwise).
     setup_logging(level="warning")
     args.pairs = max(1, args.pairs)
+    before = cpu_times()
     both = pairs(args.pairs, args.calls, args.concurrency, max(1, args.rounds), args.placement)
+    steal = steal_pct(before, cpu_times())
     unpaid, paid = both["unpaid"], both["paid"]
     unpaid_p50, paid_p50 = pct(unpaid["ms"], 0.5), pct(paid["ms"], 0.5)
     result = {
@@ -289,6 +321,7 @@ def main() -> None:
         "settle_p50_s": pct(paid["settle_s"], 0.5),
         "settle_max_s": max(paid["settle_s"]),
         "channel_open_s": paid["first_call_s"],
+        "steal_pct": steal,
         "concurrency": args.concurrency,
         "pairs": args.pairs,
         "placement": args.placement,
