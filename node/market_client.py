@@ -60,6 +60,7 @@ class ClientChannel:
     synced: bool = False  # our counts agree with the provider's (see `resume`)
     newest: tuple[int, bytes] | None = None  # (cumulative, bytes) of the newest IOU signed
     spare: tuple[int, bytes] | None = None  # the same, of one `ahead` signed, not sent yet
+    since: tuple[int, int] | None = None  # (when, milli-credits used then): its first reserve
 
     @property
     def id(self) -> bytes:

@@ -20,6 +20,7 @@ from dag.kinds import default_registry
 from dag.ledger import Ledger
 from node import market_client, market_provider
 from node.config import MarketConfig
+from node.market import _running_low
 from node.market_client import Paid, PayTicket, Purse, new_channel_row
 from node.market_provider import Ticket, Till
 from node.market_store import MarketStore
@@ -534,6 +535,28 @@ def test_what_an_answer_changes_is_recorded_off_the_calls_path(tmp_path: Path) -
     assert purse.receipts("provider", frame["receipts"], frame["seal"]) == 2
     assert [paid.receipt.seq for paid in purse.check()] == [1, 2]
     assert (channel.owed_milli, channel.reserved_milli, purse.awaiting()) == (4 * PRICE, 0, 0)
+
+
+def test_the_next_channel_is_opened_ahead_when_the_rate_of_use_would_empty_this_one_soon(
+    tmp_path: Path,
+) -> None:
+    market = Market(tmp_path)  # 5 credits: 250 one-row calls of 0.02
+    channel, purse = market.channel, market.purse
+
+    def reserve(calls: int) -> None:
+        for i in range(calls):
+            assert purse.reserve(channel, "provider", _request(i), PRICE) is not None
+
+    start = NOW
+    assert not _running_low(channel, start)  # (its first use: the rate is measured from it)
+    reserve(50)  # a fifth used
+    assert not _running_low(channel, start + 500)  # (too soon to know a rate)
+    assert not _running_low(channel, start + 2_000)  # the rest lasts 8 s more at this rate
+    reserve(50)
+    assert _running_low(channel, start + 1_000)  # 1.5 s more: open the next one now
+    assert not _running_low(channel, start + 20_000)  # 30 s more: not yet
+    reserve(101)  # under a fifth left: open the next one, whatever the rate
+    assert _running_low(channel, start + 10**6)
 
 
 def test_a_frames_seal_is_checked_once_whatever_slices_its_receipts_are_judged_in(
