@@ -20,11 +20,12 @@ one free and one paid mesh, the p50 overhead of the same code moved between 0.4%
 run to run, though each run's p50s came from 2,000 calls a mesh, and the pairs of one run
 between 3.6% and 21.8%. So `--pairs` (4) pairs of meshes are measured one pair after the
 other: the p50s are of all pairs' calls pooled (`overhead_pct_pairs`: each pair's own), the
-calls per second the median of the pairs'. The order of the two meshes weighs too, in a way
-not found: with the free mesh started first and taking the first turn, as this bench did
-until 2026-12-08, the pairs of five runs read 13.8% on average, and 6.2% the other way
-round (and of two free meshes with the same code, the one started second answered 18 us
-faster in p50, on average over 19 runs). So the paid mesh goes first in every other pair.
+calls per second the median of the pairs'. Which mesh is started first and takes the first
+turn may weigh too: in five runs, the pairs with the free mesh first (as this bench had it
+until 2026-12-08) read 13.8% on average, and 6.2% the other way round; in the three runs
+after, 7.3% and 9.4% (and of two free meshes with the same code, the one started second
+answered 18 us faster in p50, on average over 19 runs). So the paid mesh goes first in
+every other pair.
 
 Where the processes run is fixed (`--placement`, `apart` by default): this process, with
 both callers, on one CPU and every daemon on another, as a client and a provider on two
