@@ -324,7 +324,7 @@ class Purse:
     def judge(self, batch: list[_Unchecked]) -> list[tuple[str, bool]]:
         """Each receipt's (dispute or "", blame: see `Paid`): sealed by the provider's host
         key (each frame's seal checked once, whatever the slices it is judged in), the request
-        and answer it names, the tokens. Reads nothing but the batch."""
+        and answer it names, the tokens. Reads nothing but the batch and the seals checked."""
         if len(self._seals) > MAX_SEALS:
             self._seals.clear()
         return [self._dispute(*item[:5], self._seals) for item in batch]
