@@ -48,8 +48,11 @@ CREATE TABLE IF NOT EXISTS receipts (
     charged_milli INTEGER NOT NULL, body BLOB NOT NULL, at_ms INTEGER NOT NULL,
     disputed TEXT NOT NULL DEFAULT '', iou BLOB, PRIMARY KEY (channel, seq));
 CREATE INDEX IF NOT EXISTS receipts_day ON receipts (at_ms);
--- A channel's total is its receipts' largest: read here, not by a scan of them.
-CREATE INDEX IF NOT EXISTS receipts_total ON receipts (channel, charged_milli);
+-- A provider's channel total is its receipts' largest: read here, not by a scan of them. A
+-- client keeps its totals in channels: its rows (one per answer) skip this index.
+DROP INDEX IF EXISTS receipts_total;
+CREATE INDEX IF NOT EXISTS receipts_provider_total ON receipts (channel, charged_milli)
+    WHERE role = 'provider';
 """
 
 
@@ -136,7 +139,8 @@ _COLUMNS += "iou_key, state, end_tx"
 _SELECT = """
 SELECT id, role, peer, counterpart, open_tx, deposit, expiry_ms,
   CASE WHEN role = 'provider' THEN MAX(charged_milli, COALESCE(
-    (SELECT MAX(r.charged_milli) FROM receipts r WHERE r.channel = c.id), 0))
+    (SELECT MAX(r.charged_milli) FROM receipts r
+      WHERE r.channel = c.id AND r.role = 'provider'), 0))
     ELSE charged_milli END,
   CASE WHEN role = 'provider' THEN MAX(seq, COALESCE(
     (SELECT MAX(r.seq) FROM receipts r WHERE r.channel = c.id), 0))

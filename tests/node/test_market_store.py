@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
@@ -219,6 +220,33 @@ def test_a_channels_totals_are_read_without_scanning_its_receipts(tmp_path: Path
         cost[total] = steps
     assert cost[5_000] < 2 * cost[10], cost
     conn.close()
+    store.close()
+
+
+def test_a_store_from_before_the_provider_only_index_is_upgraded_as_it_opens(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "market.sqlite"
+    store = MarketStore.open(path)
+    store.put_channel(
+        ChannelRow(
+            CHANNEL, "provider", "peer", b"c" * 32, b"tx", 5, 2**40, 0, 0, None, None, "open", None
+        )
+    )
+    for seq in (1, 2, 3):
+        store.record_served("peer", b"c" * 32, receipt(seq), b"iou")
+    store.close()
+    with closing(sqlite3.connect(path)) as conn:  # the index as it was: every row in it
+        conn.execute("DROP INDEX receipts_provider_total")
+        conn.execute("CREATE INDEX receipts_total ON receipts (channel, charged_milli)")
+        conn.commit()
+    store = MarketStore.open(path)
+    with closing(sqlite3.connect(path)) as conn:
+        indexes = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'"))
+    assert "receipts_total" not in indexes
+    assert "WHERE role = 'provider'" in indexes["receipts_provider_total"]
+    row = store.channel(CHANNEL)
+    assert row is not None and (row.charged_milli, row.seq) == (60, 3)
     store.close()
 
 
