@@ -9,7 +9,8 @@ As a client it is the `Payer` of `protocols.inference`: a call to a provider tha
 gets a quote (kept while it holds), a channel (opened on the DAG the first time, then
 registered with the provider; the next one is opened ahead once the channel's room falls
 below `REFILL_AT` of its deposit, or would be used up within `AHEAD_S` at the rate it is
-used, so calls go on without waiting for the DAG), a reservation and an IOU; the receipt
+used, and takes the calls once the first cannot pay for one, so calls go on without waiting
+for the DAG and no room is left behind), a reservation and an IOU; the receipt
 of the answer is checked and kept. After a channel's expiry, the client takes the deposit
 back with `channel_close` unless the provider settled first.
 
@@ -127,8 +128,7 @@ def _running_low(channel: ClientChannel, now: int) -> bool:
     first reserved on it (`ClientChannel.since`, set here), once that is `RATE_AFTER_S` ago.
     At 2,000 calls/s a fifth of a channel lasted 0.5 s, and opening the next took 0.8 s on a
     2-node mesh: 16 callers waited for it, 0.2 s each. (The next channel takes the calls once
-    it is open: the room left on this one, as with `REFILL_AT`, is only locked until it
-    ends.)"""
+    this one cannot pay for one, so opening it early leaves no room behind.)"""
     deposit, room = channel.terms.deposit * 1000, channel.room_milli()
     if room < deposit * REFILL_AT:
         return True
@@ -318,10 +318,11 @@ class Market:
         account = known.account or self._account_of(provider)
         if account is None:
             raise ChannelFailed(f"no account is known for provider {provider[-8:]}")
+        for kept in self.purse.unsynced(account):  # (kept from before a restart)
+            await self._resync(provider, kept)
         channel = self.purse.channel(account)
-        if channel is not None and not channel.synced:
-            await self._resync(provider, channel)
-            channel = self.purse.channel(account)
+        if channel is not None and now >= channel.terms.expiry_ms - self._margin_ms:
+            channel = self.purse.switch(account)  # (the one opened ahead, if there is one)
         if channel is not None and now < channel.terms.expiry_ms - self._margin_ms:
             ticket = self._reserve(channel, provider, account, request, price, now)
             if ticket is not None:
@@ -353,9 +354,16 @@ class Market:
         price: int,
         now: int,
     ) -> PayTicket | None:
-        """The call's reservation on `channel` (None if it cannot pay); the next channel is
-        opened ahead once this one is nearly used up."""
+        """The call's reservation on `channel` (None if it cannot pay), or on the channel
+        opened ahead once this one cannot pay; the next channel is opened ahead once the one
+        in use is nearly used up."""
         ticket = self.purse.reserve(channel, provider, request, price)
+        if ticket is None:
+            fresh = self.purse.switch(account)
+            if fresh is None or not fresh.synced:  # (`prepare` syncs one kept from before)
+                return None
+            channel = fresh
+            ticket = self.purse.reserve(channel, provider, request, price)
         if ticket is not None and _running_low(channel, now):
             self._open_ahead(provider, account, request, price)
         return ticket
@@ -363,7 +371,11 @@ class Market:
     def _open_ahead(self, provider: str, account: bytes, request: wire.Request, price: int) -> None:
         """The channel is nearly used up: open the next one now, so that no call waits for
         it (unless one is opening, or the last try failed a moment ago)."""
-        if account in self._opening or self._now_ms() < self._ahead_after.get(account, 0):
+        if (
+            account in self._opening
+            or self.purse.has_next(account)
+            or self._now_ms() < self._ahead_after.get(account, 0)
+        ):
             return
         assert self._nursery is not None
         opening = self._opening[account] = _Opening()

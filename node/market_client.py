@@ -148,7 +148,10 @@ class Purse:
         self.store = store
         self.chain = chain
         self._host_key_of = host_key_of
-        self._open: dict[bytes, ClientChannel] = {}  # by provider account
+        self._open: dict[bytes, ClientChannel] = {}  # the channel calls use, by provider account
+        # A channel opened ahead, by provider account: it takes the calls once the one in use
+        # cannot pay for the next (`switch`), so that no room is left behind on that one.
+        self._next: dict[bytes, ClientChannel] = {}
         self.on_sent: Callable[[], None] = lambda: None  # a paid request went out
         # Answers counted, in the order they came, that `catch_up` has still to record.
         self._counted: list[_Counted] = []
@@ -163,21 +166,48 @@ class Purse:
         # judged a few at a time, and its seal is checked once (a check costs more than the
         # rest of a receipt's judging).
         self._seals: set[bytes] = set()
-        for row in store.channels(role="client", state="open"):
+        # (Kept from before a restart: the one that expires first is used first.)
+        for row in sorted(
+            store.channels(role="client", state="open"), key=lambda row: row.expiry_ms
+        ):
             self.adopt(row)
 
     def adopt(self, row: ChannelRow, terms: ChannelTerms | None = None) -> ClientChannel:
-        """Use a channel (just opened, or kept from before a restart)."""
+        """Use a channel (just opened, or kept from before a restart): at once if none is in
+        use with its provider, else once that one cannot pay (`switch`)."""
         assert row.iou_key is not None
         key = SigningKey(Scheme.ED25519, row.iou_key)
         channel = ClientChannel(
             row, terms or row.terms(self.chain), key, row.charged_milli, row.seq
         )
-        self._open[row.counterpart] = channel
+        account = row.counterpart
+        if account in self._open:
+            self._next[account] = channel
+        else:
+            self._open[account] = channel
         return channel
 
     def channel(self, provider_account: bytes) -> ClientChannel | None:
+        """The channel calls to the provider use."""
         return self._open.get(provider_account)
+
+    def has_next(self, provider_account: bytes) -> bool:
+        """A channel to the provider was opened ahead, and waits to take the calls."""
+        return provider_account in self._next
+
+    def unsynced(self, provider_account: bytes) -> list[ClientChannel]:
+        """The provider's channels, in use or opened ahead, kept from before a restart and
+        not yet matched with the provider's counts (`resume`)."""
+        both = (self._open.get(provider_account), self._next.get(provider_account))
+        return [c for c in both if c is not None and not c.synced]
+
+    def switch(self, provider_account: bytes) -> ClientChannel | None:
+        """The channel in use cannot pay for the next call, or is about to expire: the one
+        opened ahead takes the calls from now on (None: none was)."""
+        fresh = self._next.pop(provider_account, None)
+        if fresh is not None:
+            self._open[provider_account] = fresh
+        return fresh
 
     def resume(self, channel: ClientChannel, state: mw.ChannelState) -> None:
         """Take the provider's counts where ours are behind (after a restart, the answers
@@ -189,9 +219,13 @@ class Purse:
         channel.synced = True
 
     def ended(self, channel_id: bytes, state: str = "ending") -> None:
-        """Use the channel no more (the provider refused it, or it is being closed)."""
-        for account, channel in list(self._open.items()):
+        """Use the channel no more (the provider refused it, or it is being closed); one
+        opened ahead takes its calls."""
+        for account, channel in list(self._next.items()):
             if channel.id == channel_id:
+                del self._next[account]
+        for account, channel in list(self._open.items()):
+            if channel.id == channel_id and self.switch(account) is None:
                 del self._open[account]
         self.store.set_state(channel_id, state)
 

@@ -559,6 +559,41 @@ def test_the_next_channel_is_opened_ahead_when_the_rate_of_use_would_empty_this_
     assert _running_low(channel, start + 10**6)
 
 
+def test_a_channel_opened_ahead_takes_the_calls_once_the_one_in_use_cannot_pay(
+    tmp_path: Path,
+) -> None:
+    market = Market(tmp_path, deposit=1)  # 1 credit: 50 one-row calls of 0.02
+    purse, old = market.purse, market.channel
+    purse.store.put_channel(old.row)  # (as a client's market stores each channel it opens)
+    iou_key = key(5)  # the next channel, opened ahead: it expires later
+    payload = open_payload(PROVIDER.account_id, 3, EXPIRY + 60_000, iou_key.public_key)
+    tx = signed(CLIENT, GENESIS, 1, "channel_open", payload)
+    terms = ChannelTerms.of_open(tx)
+    row = new_channel_row(
+        chain=CHAIN, provider_peer="provider", terms=terms, open_tx=tx.to_bytes(), key=iou_key
+    )
+    purse.store.put_channel(replace(row, state="open"))
+    fresh = purse.adopt(replace(row, state="open"), terms)
+    purse.resume(fresh, mw.ChannelState(0, 0, None, mw.Quote(True, {}, 0)))
+    account = PROVIDER.account_id
+    assert purse.channel(account) is old and purse.has_next(account)
+    for i in range(50):
+        assert purse.reserve(old, "provider", _request(i), PRICE) is not None
+    assert purse.reserve(old, "provider", _request(50), PRICE) is None  # used up, to the end
+    assert purse.switch(account) is fresh and purse.channel(account) is fresh
+    assert not purse.has_next(account) and purse.switch(account) is None
+
+    # After a restart the channel that expires first is used first; if it ends, the other
+    # takes its calls.
+    again = Purse(purse.store, CHAIN, lambda peer: None)
+    assert again.channel(account).id == old.id  # type: ignore[union-attr]
+    assert [c.id for c in again.unsynced(account)] == [old.id, fresh.id]
+    again.ended(old.id)
+    assert again.channel(account).id == fresh.id and not again.has_next(account)  # type: ignore[union-attr]
+    again.ended(fresh.id)
+    assert again.channel(account) is None
+
+
 def test_a_frames_seal_is_checked_once_whatever_slices_its_receipts_are_judged_in(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -210,13 +210,19 @@ async def test_the_next_channel_is_opened_before_the_old_one_is_used_up(tmp_path
             opening = market._opening[account]
             assert old.terms.deposit == 2 and old.room_milli() > 10 * 2 * PRICE  # calls to go
             await opening.done.wait()
-            fresh = market.purse.channel(account)
-            assert fresh is not None and fresh.id != old.id and old.room_milli() > 0
-            answer = await client.experts.inference.tensor(ffn_of(provider), rows)
-            assert answer.cost_milli == 2 * PRICE and fresh.reserved_milli == 2 * PRICE
+            fresh = opening.channel
+            assert fresh is not None and fresh.id != old.id
+            assert provider.market.till.state(fresh.id) is not None  # registered
+            # The old channel takes the calls until it cannot pay for one: no room is left
+            # behind on it (a 2-credit deposit is 100 calls).
+            while market.purse.channel(account) is old:
+                await client.experts.inference.tensor(ffn_of(provider), rows, remote_only=True)
             market.purse.catch_up()  # (off the call's path: what the next call's send does)
+            assert (old.owed_milli, old.reserved_milli, old.room_milli()) == (2_000, 0, 0)
+            assert market.purse.channel(account) is fresh
             assert (fresh.owed_milli, fresh.reserved_milli) == (2 * PRICE, 0)
-            assert provider.market.till.state(fresh.id) is not None  # registered, served
+            served = provider.market.till.state(fresh.id)
+            assert served is not None and served.charged_milli == 2 * PRICE
             assert len(market.store.channels(role="client", state="open")) == 2
 
 
