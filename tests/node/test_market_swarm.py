@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +224,48 @@ async def test_the_next_channel_is_opened_before_the_old_one_is_used_up(tmp_path
             served = provider.market.till.state(fresh.id)
             assert served is not None and served.charged_milli == 2 * PRICE
             assert len(market.store.channels(role="client", state="open")) == 2
+
+
+async def test_channels_kept_over_a_restart_are_used_up_the_first_to_expire_first(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    provider_dir, client_dir, third_dir = make_node_dirs(
+        tmp_path, 3, scheme=Scheme.ED25519, hosts=[["ffn64"], [], []], paid=[True, False, False]
+    )
+    # 2 credits a channel (at least two calls' largest cost): 100 calls of 0.02
+    settings = {"channel_lifetime_s": LIFETIME_S, "settle_margin_s": MARGIN_S, "deposit": 1}
+    rows = np.ones((1, 64), np.float32)
+
+    def client_of() -> AbstractAsyncContextManager[list[Node]]:
+        return running_nodes([client_dir], wall_clock=clock, market=settings)
+
+    with trio.fail_after(90):
+        async with running_nodes([provider_dir, third_dir], wall_clock=clock, market=settings) as (
+            provider,
+            third,
+        ):
+            account = provider.keys.account.account_id
+            async with client_of() as (client,):
+                await connect_all([provider, client, third])
+                market = client.market
+                while account not in market._opening:  # (under a fifth left: it opens)
+                    await client.experts.inference.tensor(ffn_of(provider), rows)
+                await market._opening[account].done.wait()
+                old, fresh = market.purse.channel(account), market.purse._next[account]
+                assert old is not None and old.room_milli() > 0
+            async with client_of() as (client,):
+                await connect_all([provider, client, third])
+                purse = client.market.purse
+                kept = purse.channel(account)
+                assert kept is not None and kept.id == old.id and purse.has_next(account)
+                while (in_use := purse.channel(account)) is not None and in_use.id == old.id:
+                    await client.experts.inference.tensor(ffn_of(provider), rows)
+                purse.catch_up()
+                assert in_use is not None and in_use.id == fresh.id and in_use.synced
+                assert (kept.owed_milli, kept.room_milli()) == (2_000, 0)
+                served = provider.market.till.state(old.id)
+                assert served is not None and served.charged_milli == 2_000
 
 
 async def test_a_client_that_stops_keeps_the_receipts_that_came(tmp_path: Path) -> None:
