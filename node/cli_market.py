@@ -72,7 +72,7 @@ def cmd_market(args: argparse.Namespace) -> int:
                     c["role"],
                     _who(c),
                     c["channel"][:12],
-                    c["state"],
+                    f"{c['state']} ({c['use']})" if c.get("use") else c["state"],
                     str(c["deposit"]),
                     str(c["locked"]),
                     f"{c['charged']:.3f}",

@@ -195,6 +195,13 @@ class Purse:
         """A channel to the provider was opened ahead, and waits to take the calls."""
         return provider_account in self._next
 
+    def use_of(self, channel_id: bytes) -> str:
+        """What the channel is to our calls: "in use", "next" (opened ahead), or ""."""
+        for use, channels in (("in use", self._open), ("next", self._next)):
+            if any(channel.id == channel_id for channel in channels.values()):
+                return use
+        return ""
+
     def unsynced(self, provider_account: bytes) -> list[ClientChannel]:
         """The provider's channels, in use or opened ahead, kept from before a restart and
         not yet matched with the provider's counts (`resume`)."""

@@ -577,6 +577,11 @@ def test_a_channel_opened_ahead_takes_the_calls_once_the_one_in_use_cannot_pay(
     purse.resume(fresh, mw.ChannelState(0, 0, None, mw.Quote(True, {}, 0)))
     account = PROVIDER.account_id
     assert purse.channel(account) is old and purse.has_next(account)
+    assert (purse.use_of(old.id), purse.use_of(fresh.id), purse.use_of(b"?" * 32)) == (
+        "in use",
+        "next",
+        "",
+    )
     for i in range(50):
         assert purse.reserve(old, "provider", _request(i), PRICE) is not None
     assert purse.reserve(old, "provider", _request(50), PRICE) is None  # used up, to the end
