@@ -41,7 +41,7 @@ def market_routes(node: Node, endpoint: Wrap) -> list[Route]:
             doc = row.public()
             doc["peer_name"] = _name(node, row.peer)
             doc["locked"] = await node.dag.locked(row.id)
-            doc["use"] = market.purse.use_of(row.id)  # (a client's open channels)
+            doc["use"] = market.payer.purse.use_of(row.id)  # (a client's open channels)
             rows.append(doc)
         return {"account": node.keys.account.account_id.hex(), "channels": rows}
 

@@ -26,6 +26,7 @@ from node.datadir import RUNTIME, Keys, load_genesis, load_keys, read_token, wri
 from node.hosting import load_hosted
 from node.market import Market
 from node.market_client import Purse
+from node.market_payer import Payer
 from node.market_provider import Till
 from node.market_store import MarketStore
 from protocols.dag_service import DagService, DagSettings
@@ -176,11 +177,20 @@ def build_node(config: NodeConfig, *, wall_clock: Callable[[], float] = time.tim
         now_ms=lambda: int(wall_clock() * 1000),
     )
     host.gate = till
+    payer = Payer(
+        config=config.market,
+        store=market_store,
+        purse=Purse(market_store, genesis.digest, _host_key_of),
+        dag=dag,
+        p2p=p2p,
+        account_of=account_of,
+        wall_clock=wall_clock,
+    )
     market = Market(
         config=config.market,
         store=market_store,
         till=till,
-        purse=Purse(market_store, genesis.digest, _host_key_of),
+        payer=payer,
         dag=dag,
         p2p=p2p,
         hosted=lambda: list(host.experts),
@@ -195,9 +205,9 @@ def build_node(config: NodeConfig, *, wall_clock: Callable[[], float] = time.tim
         # A node that does not serve for pay announces its experts free.
         settings=ExpertSettings(price_per_1k=floor if config.market.serve_paid else 0),
         wall_clock=wall_clock,
-        payer=market,
+        payer=payer,
     )
-    market.on_dispute = expert_service.directory.dispute
+    payer.on_dispute = expert_service.directory.dispute
     return Node(
         config=config,
         keys=keys,

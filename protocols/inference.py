@@ -53,7 +53,7 @@ class InferenceFailed(SwarmError):
 
 
 class Payer(Protocol):
-    """Pays providers that charge: the market's client side (`node.market.Market`)."""
+    """Pays providers that charge: the market's client side (`node.market_payer.Payer`)."""
 
     def ready(
         self, provider: str, request: wire.Request, price: int, max_price: int | None = None

@@ -20,8 +20,8 @@ from dag.kinds import default_registry
 from dag.ledger import Ledger
 from node import market_client, market_provider
 from node.config import MarketConfig
-from node.market import _running_low
 from node.market_client import Paid, PayTicket, Purse, new_channel_row
+from node.market_payer import _running_low
 from node.market_provider import Ticket, Till
 from node.market_store import MarketStore
 from protocols import infer_wire as wire

@@ -1,4 +1,4 @@
-"""The market's batches in slices, each as a call of ours goes out (`node.market.in_slices`).
+"""The market's batches in slices, each as a call of ours goes out (`node.slices.in_slices`).
 
 The clock is a mock that stands still: time passes only where a test jumps it, so a deadline
 here could never come. Each test is bounded by pytest's timeout instead."""
@@ -10,14 +10,14 @@ from typing import Any
 import trio
 import trio.testing
 
-from node.market import BEAT_WAIT_S, _Beat, in_slices
+from node.slices import BEAT_WAIT_S, Beat, in_slices
 
 
 async def test_each_slice_waits_for_the_next_beat_and_a_stop_does_the_rest_at_once(
     mock_clock: trio.testing.MockClock,
 ) -> None:
     done: list[list[Any]] = []
-    beat = _Beat()
+    beat = Beat()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(in_slices, list(range(10)), 4, beat, done.append)
         await trio.testing.wait_all_tasks_blocked()
@@ -38,7 +38,7 @@ async def test_with_no_beat_a_slice_goes_after_a_short_wait(
 ) -> None:
     done: list[list[Any]] = []
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(in_slices, list(range(5)), 2, _Beat(), done.append)
+        nursery.start_soon(in_slices, list(range(5)), 2, Beat(), done.append)
         await trio.testing.wait_all_tasks_blocked()
         assert done == []
         for slices in (1, 2, 3):

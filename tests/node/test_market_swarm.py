@@ -104,7 +104,7 @@ async def test_paid_calls_settle_on_the_dag_with_the_same_balances_everywhere(
                 for _ in range(24):
                     nursery.start_soon(call)
 
-            await client.market.check_receipts(wait_s=10)  # what its background task does
+            await client.market.payer.check_receipts(wait_s=10)  # what its background task does
             (channel,) = client.market.store.channels(role="client")
             assert channel.state == "open" and channel.charged_milli == 25 * 2 * PRICE
             served = provider.market.till.state(channel.id)
@@ -131,7 +131,7 @@ async def test_paid_calls_settle_on_the_dag_with_the_same_balances_everywhere(
             # The settled channel is no longer served: the next call opens a new one.
             again = await infer.tensor(ffn, rows, deadline_s=30, remote_only=True)
             assert again.cost_milli == 2 * PRICE
-            await client.market.check_receipts(wait_s=10)
+            await client.market.payer.check_receipts(wait_s=10)
             for node in (client, provider):
                 await node.market.keep()
                 ended = node.market.store.channel(channel.id)
@@ -161,9 +161,9 @@ async def test_provider_settles_before_expiry_and_client_closes_an_unused_channe
             # A second channel with no call on it: opened, registered, never charged.
             request = wire.TensorRequest.of(1, ffn, 1000, rows)
             client.market.purse.ended(used.id, "open")  # set the first aside, still open
-            ticket = await client.market.prepare(provider.peer_id, request, PRICE)
+            ticket = await client.market.payer.prepare(provider.peer_id, request, PRICE)
             assert ticket is not None
-            client.market.unpaid(ticket, RuntimeError("not called"))
+            client.market.payer.unpaid(ticket, RuntimeError("not called"))
             idle = ticket.channel
             assert idle.id != used.id and provider.market.till.state(idle.id) is not None
 
@@ -199,7 +199,7 @@ async def test_the_next_channel_is_opened_before_the_old_one_is_used_up(tmp_path
             provider, client, _ = nodes
             rows = np.ones((1, 64), np.float32)
             account = provider.keys.account.account_id
-            market = client.market
+            market = client.market.payer
             old = None
             for _ in range(95):
                 await client.experts.inference.tensor(ffn_of(provider), rows, remote_only=True)
@@ -248,7 +248,7 @@ async def test_channels_kept_over_a_restart_are_used_up_the_first_to_expire_firs
             account = provider.keys.account.account_id
             async with client_of() as (client,):
                 await connect_all([provider, client, third])
-                market = client.market
+                market = client.market.payer
                 while account not in market._opening:  # (under a fifth left: it opens)
                     await client.experts.inference.tensor(ffn_of(provider), rows)
                 await market._opening[account].done.wait()
@@ -275,8 +275,8 @@ async def test_a_client_that_stops_keeps_the_receipts_that_came(tmp_path: Path) 
             provider, client, _ = nodes
             rows = np.ones((1, 64), np.float32)
             await client.experts.inference.tensor(ffn_of(provider), rows, remote_only=True)
-            await client.market.check_receipts(wait_s=10)  # the first call's, kept
-            came = client.market._came  # set when the next receipts come
+            await client.market.payer.check_receipts(wait_s=10)  # the first call's, kept
+            came = client.market.payer._came  # set when the next receipts come
             await client.experts.inference.tensor(ffn_of(provider), rows, remote_only=True)
             await came.wait()  # the second call's receipt came: stop before the checker runs
             data_dir = client.config.data_dir
@@ -346,7 +346,7 @@ async def test_a_provider_whose_receipt_is_disputed_is_routed_around(tmp_path: P
             infer = client.experts.inference
             first = await infer.tensor(ffn, rows, deadline_s=30, remote_only=True)
             assert first.provider == dishonest.peer_id
-            await client.market.check_receipts(wait_s=10)
+            await client.market.payer.check_receipts(wait_s=10)
             (kept,) = client.market.store.receipts("client")
             assert "receipt claims" in kept["disputed"]
             assert ranked()[0] != dishonest.peer_id
