@@ -68,7 +68,6 @@ class Market:
         self.store = store
         self.till = till
         self.payer = payer
-        self.purse = payer.purse
         self.dag = dag
         self.p2p = p2p
         self._hosted = hosted
@@ -226,13 +225,13 @@ class Market:
         except SwarmError as exc:
             log.info("cannot close channel %s yet: %s", row.id.hex()[:12], exc)
             return
-        self.purse.ended(row.id)
+        self.payer.purse.ended(row.id)
         self.store.set_state(row.id, "ending", tx.id)
         log.info("closing channel %s: %d credits back", row.id.hex()[:12], row.deposit)
 
     def _ended(self, row: ChannelRow) -> None:
         if row.role == "client":
-            self.purse.ended(row.id, "ended")
+            self.payer.purse.ended(row.id, "ended")
         self.store.set_state(row.id, "ended")
 
     # -- views ----------------------------------------------------------------------------

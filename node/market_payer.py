@@ -263,9 +263,7 @@ class Payer:
             or self._now_ms() < self._ahead_after.get(account, 0)
         ):
             return
-        assert self._nursery is not None
-        opening = self._opening[account] = _Opening()
-        self._nursery.start_soon(self._open_task, opening, provider, account, request, price)
+        self._begin_opening(provider, account, request, price)
 
     async def _opened(
         self, provider: str, account: bytes, request: wire.Request, price: int
@@ -273,15 +271,22 @@ class Payer:
         """A new channel to `provider`, opened by a task of ours: a caller that gives up
         (its deadline) leaves the opening to finish, and the next call uses the channel.
         Calls that need one while it opens wait for the same one."""
-        opening = self._opening.get(account)
-        if opening is None:
-            assert self._nursery is not None
-            opening = self._opening[account] = _Opening()
-            self._nursery.start_soon(self._open_task, opening, provider, account, request, price)
+        opening = self._opening.get(account) or self._begin_opening(
+            provider, account, request, price
+        )
         await opening.done.wait()
         if opening.channel is None:
             raise ChannelFailed(opening.error)
         return opening.channel
+
+    def _begin_opening(
+        self, provider: str, account: bytes, request: wire.Request, price: int
+    ) -> _Opening:
+        """Open a channel to `provider` in a task of ours (`_open_task`)."""
+        assert self._nursery is not None
+        opening = self._opening[account] = _Opening()
+        self._nursery.start_soon(self._open_task, opening, provider, account, request, price)
+        return opening
 
     async def _open_task(
         self,

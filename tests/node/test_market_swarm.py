@@ -160,7 +160,7 @@ async def test_provider_settles_before_expiry_and_client_closes_an_unused_channe
 
             # A second channel with no call on it: opened, registered, never charged.
             request = wire.TensorRequest.of(1, ffn, 1000, rows)
-            client.market.purse.ended(used.id, "open")  # set the first aside, still open
+            client.market.payer.purse.ended(used.id, "open")  # set the first aside, still open
             ticket = await client.market.payer.prepare(provider.peer_id, request, PRICE)
             assert ticket is not None
             client.market.payer.unpaid(ticket, RuntimeError("not called"))
@@ -256,7 +256,7 @@ async def test_channels_kept_over_a_restart_are_used_up_the_first_to_expire_firs
                 assert old is not None and old.room_milli() > 0
             async with client_of() as (client,):
                 await connect_all([provider, client, third])
-                purse = client.market.purse
+                purse = client.market.payer.purse
                 kept = purse.channel(account)
                 assert kept is not None and kept.id == old.id and purse.has_next(account)
                 while (in_use := purse.channel(account)) is not None and in_use.id == old.id:
